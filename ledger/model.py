@@ -1,0 +1,99 @@
+"""Values the ledger hands out.  Frozen: a caller never mutates the books by accident."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ledger.money import Money
+
+
+class TxnStatus(enum.StrEnum):
+    INFLIGHT = "INFLIGHT"
+    APPLIED = "APPLIED"
+    VOID = "VOID"
+
+
+@dataclass(frozen=True)
+class Transaction:
+    id: str
+    reference: str
+    source: str
+    destination: str
+    amount: int
+    currency: str
+    status: TxnStatus
+    committed_amount: int
+    voided_amount: int
+    created_at: datetime
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    expires_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @property
+    def remaining(self) -> int:
+        return self.amount - self.committed_amount - self.voided_amount
+
+    @property
+    def money(self) -> Money:
+        return Money(self.amount, self.currency)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "reference": self.reference,
+            "status": self.status.value,
+            "amount": self.amount,
+            "committed_amount": self.committed_amount,
+            "voided_amount": self.voided_amount,
+            "remaining_amount": self.remaining,
+            "currency": self.currency,
+            "source": self.source,
+            "destination": self.destination,
+            "metadata": dict(self.metadata),
+            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat() if self.updated_at else None,
+        }
+
+
+@dataclass(frozen=True)
+class Balance:
+    name: str
+    currency: str
+    balance: int
+    inflight_credit: int
+    inflight_debit: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "currency": self.currency,
+            "balance": self.balance,
+            "inflight_credit": self.inflight_credit,
+            "inflight_debit": self.inflight_debit,
+        }
+
+
+@dataclass(frozen=True)
+class NewTransaction:
+    reference: str
+    source: str
+    destination: str
+    amount: int
+    currency: str
+    inflight: bool = True
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.detail}"

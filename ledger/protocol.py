@@ -1,0 +1,47 @@
+"""The one interface reconciliation talks to; SqlLedger and BlnkLedger implement it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from ledger.model import Balance, NewTransaction, Transaction, Violation
+
+# The metadata key that links a transaction to a Stripe PaymentIntent when its reference
+# follows another convention.  The ledger only stores it; it knows nothing of Stripe.
+LINK_KEY = "stripe_payment_intent"
+
+
+class Ledger(Protocol):
+    def create(self, new: NewTransaction) -> Transaction:
+        """Create INFLIGHT or APPLIED; a retry with identical terms returns the existing one."""
+        ...
+
+    def get(self, reference: str, *, lock: bool = False) -> Transaction | None: ...
+
+    def find_linked(self, link: str, *, lock: bool = False) -> Transaction | None:
+        """The transaction whose reference is ``link`` or whose metadata LINK_KEY is ``link``."""
+        ...
+
+    def commit(
+        self, reference: str, amount: int | None = None, *, idempotency_key: str | None = None
+    ) -> Transaction: ...
+
+    def void(self, reference: str, *, idempotency_key: str | None = None) -> Transaction: ...
+
+    def claim_inflight(
+        self, older_than: datetime, limit: int, lease: timedelta, now: datetime
+    ) -> Sequence[Transaction]:
+        """Claim up to ``limit`` INFLIGHT transactions created before ``older_than``.
+
+        A claimed row is skipped by other claimers until its lease ends, so that several
+        workers never take the same entry; a crashed worker's claims simply expire.
+        """
+        ...
+
+    def release(self, reference: str) -> None: ...
+
+    def balances(self) -> Sequence[Balance]: ...
+
+    def check_invariants(self) -> list[Violation]: ...

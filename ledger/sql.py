@@ -1,0 +1,532 @@
+"""SqlLedger: the built-in ledger, in the service's own database (PostgreSQL or SQLite).
+
+Every method runs on the caller's connection and inside the caller's transaction, so a
+reconciliation can lock an entry, change it and write its audit row atomically.  The
+caller commits.
+
+Concurrency rules:
+- a transaction row is locked (``SELECT ... FOR UPDATE``) before its state is read for a
+  change, so a commit and a void racing on one entry serialise and the loser sees the
+  winner's result and raises a typed error;
+- balance rows are updated with ``balance = balance + :delta`` in one statement, always in
+  name order, so two transactions touching the same pair of balances never deadlock;
+- SQLite has no row locks: the engine begins every transaction with ``BEGIN IMMEDIATE``
+  (worker/db.py), which serialises writers for the whole file.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    and_,
+    case,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import RowMapping
+
+from ledger.errors import (
+    AlreadyCommitted,
+    AlreadyVoided,
+    CommitAmountExceeded,
+    CurrencyMismatch,
+    InvalidAmount,
+    InvalidInput,
+    ReferenceConflict,
+    TransactionNotFound,
+)
+from ledger.model import Balance, NewTransaction, Transaction, TxnStatus, Violation
+from ledger.money import normalize_currency
+from ledger.protocol import LINK_KEY
+
+metadata = MetaData()
+
+balances = Table(
+    "ledger_balances",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("currency", String(3), nullable=False),
+    Column("balance", BigInteger, nullable=False, default=0),
+    Column("inflight_credit", BigInteger, nullable=False, default=0),
+    Column("inflight_debit", BigInteger, nullable=False, default=0),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+transactions = Table(
+    "ledger_transactions",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("reference", String(255), nullable=False, unique=True),
+    Column("source", String(200), ForeignKey("ledger_balances.name"), nullable=False),
+    Column("destination", String(200), ForeignKey("ledger_balances.name"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("committed_amount", BigInteger, nullable=False, default=0),
+    Column("voided_amount", BigInteger, nullable=False, default=0),
+    # Denormalised from metadata[LINK_KEY] so the link lookup is an index probe on both
+    # dialects, not a JSON scan.
+    Column("link", String(255), nullable=True),
+    Column("meta", JSON, nullable=False, default=dict),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("claimed_until", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_ledger_transactions_link", "link"),
+    Index("ix_ledger_transactions_status_created", "status", "created_at"),
+)
+
+postings = Table(
+    "ledger_postings",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("transaction_id", String(40), ForeignKey("ledger_transactions.id"), nullable=False),
+    Column("kind", String(10), nullable=False),  # create | commit | void
+    Column("amount", BigInteger, nullable=False),
+    Column("idempotency_key", String(255), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("transaction_id", "idempotency_key", name="uq_ledger_postings_idem"),
+    Index("ix_ledger_postings_transaction", "transaction_id"),
+)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes even for timezone=True columns; everything stored is
+    # UTC, so re-attach it rather than let naive and aware values meet in a comparison.
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def _row_to_txn(row: RowMapping) -> Transaction:
+    created = _aware(row["created_at"])
+    assert created is not None
+    return Transaction(
+        id=row["id"],
+        reference=row["reference"],
+        source=row["source"],
+        destination=row["destination"],
+        amount=int(row["amount"]),
+        currency=row["currency"],
+        status=TxnStatus(row["status"]),
+        committed_amount=int(row["committed_amount"]),
+        voided_amount=int(row["voided_amount"]),
+        metadata=dict(row["meta"] or {}),
+        expires_at=_aware(row["expires_at"]),
+        created_at=created,
+        updated_at=_aware(row["updated_at"]),
+    )
+
+
+def _validate(new: NewTransaction) -> NewTransaction:
+    if not isinstance(new.amount, int) or isinstance(new.amount, bool) or new.amount <= 0:
+        raise InvalidAmount(f"amount must be a positive integer of minor units: {new.amount!r}")
+    for label, value in (
+        ("reference", new.reference),
+        ("source", new.source),
+        ("destination", new.destination),
+    ):
+        if not isinstance(value, str) or not value.strip():
+            raise InvalidInput(f"{label} must be a non-empty string")
+        if len(value) > 200:
+            raise InvalidInput(f"{label} is longer than 200 characters")
+    if new.source == new.destination:
+        raise InvalidInput("source and destination must differ")
+    for key in new.metadata:
+        if not isinstance(key, str) or not key:
+            raise InvalidInput(f"metadata keys must be non-empty strings: {key!r}")
+    link = new.metadata.get(LINK_KEY)
+    if link is not None and not isinstance(link, str):
+        raise InvalidInput(f"metadata {LINK_KEY} must be a string")
+    return NewTransaction(
+        reference=new.reference,
+        source=new.source,
+        destination=new.destination,
+        amount=new.amount,
+        currency=normalize_currency(new.currency),
+        inflight=new.inflight,
+        metadata=dict(new.metadata),
+        expires_at=new.expires_at,
+    )
+
+
+class SqlLedger:
+    """Ledger on a SQLAlchemy connection; the caller owns the transaction and commits it."""
+
+    def __init__(self, conn: Connection, clock: Any = _utcnow) -> None:
+        self.conn = conn
+        self._clock = clock
+        self._dialect = conn.dialect.name
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _insert_ignore(self, table: Table, values: Mapping[str, Any]) -> int:
+        stmt: Any
+        if self._dialect == "postgresql":
+            stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing()
+        else:
+            stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
+        return int(self.conn.execute(stmt).rowcount or 0)
+
+    def _ensure_balance(self, name: str, currency: str) -> None:
+        self._insert_ignore(
+            balances,
+            {
+                "name": name,
+                "currency": currency,
+                "balance": 0,
+                "inflight_credit": 0,
+                "inflight_debit": 0,
+                "created_at": self._clock(),
+            },
+        )
+        found = self.conn.execute(
+            select(balances.c.currency).where(balances.c.name == name)
+        ).scalar_one()
+        if found != currency:
+            raise CurrencyMismatch(f"balance {name!r} holds {found}, not {currency}")
+
+    def _move(
+        self,
+        source: str,
+        destination: str,
+        *,
+        applied: int = 0,
+        inflight: int = 0,
+    ) -> None:
+        """Shift ``applied`` into balances and ``inflight`` into the reserved columns."""
+        deltas = {
+            source: (-applied, 0, inflight),
+            destination: (applied, inflight, 0),
+        }
+        # Fixed order: two transactions on the same pair of balances lock them alike.
+        for name in sorted(deltas):
+            d_bal, d_credit, d_debit = deltas[name]
+            self.conn.execute(
+                update(balances)
+                .where(balances.c.name == name)
+                .values(
+                    balance=balances.c.balance + d_bal,
+                    inflight_credit=balances.c.inflight_credit + d_credit,
+                    inflight_debit=balances.c.inflight_debit + d_debit,
+                )
+            )
+
+    def _select(self, where: Any, lock: bool) -> Transaction | None:
+        stmt = select(transactions).where(where)
+        if lock:
+            stmt = stmt.with_for_update()
+        row = self.conn.execute(stmt).mappings().first()
+        return _row_to_txn(row) if row else None
+
+    def _locked(self, reference: str) -> Transaction:
+        txn = self._select(transactions.c.reference == reference, lock=True)
+        if txn is None:
+            raise TransactionNotFound(reference)
+        return txn
+
+    def _posted(self, txn_id: str, key: str | None) -> bool:
+        if key is None:
+            return False
+        return (
+            self.conn.execute(
+                select(postings.c.id).where(
+                    postings.c.transaction_id == txn_id, postings.c.idempotency_key == key
+                )
+            ).first()
+            is not None
+        )
+
+    def _post(self, txn_id: str, kind: str, amount: int, key: str | None, now: datetime) -> None:
+        self.conn.execute(
+            postings.insert().values(
+                transaction_id=txn_id,
+                kind=kind,
+                amount=amount,
+                idempotency_key=key,
+                created_at=now,
+            )
+        )
+
+    def _store(self, txn: Transaction, **changes: Any) -> Transaction:
+        now = self._clock()
+        self.conn.execute(
+            update(transactions)
+            .where(transactions.c.id == txn.id)
+            .values(updated_at=now, **changes)
+        )
+        got = self._select(transactions.c.id == txn.id, lock=False)
+        assert got is not None
+        return got
+
+    # -- the protocol --------------------------------------------------------------------
+
+    def create(self, new: NewTransaction) -> Transaction:
+        new = _validate(new)
+        existing = self.get(new.reference, lock=True)
+        if existing is not None:
+            return self._same_terms(existing, new)
+        self._ensure_balance(new.source, new.currency)
+        self._ensure_balance(new.destination, new.currency)
+        now = self._clock()
+        txn_id = "txn_" + uuid.uuid4().hex
+        link = new.metadata.get(LINK_KEY) or new.reference
+        inserted = self._insert_ignore(
+            transactions,
+            {
+                "id": txn_id,
+                "reference": new.reference,
+                "source": new.source,
+                "destination": new.destination,
+                "amount": new.amount,
+                "currency": new.currency,
+                "status": (TxnStatus.INFLIGHT if new.inflight else TxnStatus.APPLIED).value,
+                "committed_amount": 0 if new.inflight else new.amount,
+                "voided_amount": 0,
+                "link": link,
+                "meta": dict(new.metadata),
+                "expires_at": new.expires_at,
+                "claimed_until": None,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+        if not inserted:
+            # Lost a race with a concurrent create of the same reference: theirs stands.
+            winner = self.get(new.reference, lock=True)
+            assert winner is not None
+            return self._same_terms(winner, new)
+        if new.inflight:
+            self._move(new.source, new.destination, inflight=new.amount)
+        else:
+            self._move(new.source, new.destination, applied=new.amount)
+        self._post(txn_id, "create", new.amount, None, now)
+        got = self.get(new.reference)
+        assert got is not None
+        return got
+
+    @staticmethod
+    def _same_terms(existing: Transaction, new: NewTransaction) -> Transaction:
+        theirs = (existing.source, existing.destination, existing.amount, existing.currency)
+        ours = (new.source, new.destination, new.amount, new.currency)
+        if theirs != ours:
+            raise ReferenceConflict(
+                f"reference {new.reference!r} already exists with other terms "
+                f"({existing.amount} {existing.currency} {existing.source}->"
+                f"{existing.destination})"
+            )
+        return existing
+
+    def get(self, reference: str, *, lock: bool = False) -> Transaction | None:
+        return self._select(transactions.c.reference == reference, lock)
+
+    def find_linked(self, link: str, *, lock: bool = False) -> Transaction | None:
+        txn = self._select(transactions.c.reference == link, lock)
+        if txn is None:
+            txn = self._select(transactions.c.link == link, lock)
+        return txn
+
+    def commit(
+        self, reference: str, amount: int | None = None, *, idempotency_key: str | None = None
+    ) -> Transaction:
+        if amount is not None and (
+            not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0
+        ):
+            raise InvalidAmount(f"commit amount must be a positive integer: {amount!r}")
+        txn = self._locked(reference)
+        if self._posted(txn.id, idempotency_key):
+            return txn
+        if txn.status is TxnStatus.VOID:
+            raise AlreadyVoided(f"{reference} was voided; it cannot be committed")
+        if txn.remaining == 0:
+            if txn.voided_amount:
+                raise AlreadyVoided(
+                    f"{reference}: the uncommitted remainder ({txn.voided_amount}) was voided"
+                )
+            if amount is None:
+                return txn  # a full commit retried after it happened: nothing to do
+            raise AlreadyCommitted(f"{reference} is already fully committed")
+        take = txn.remaining if amount is None else amount
+        if take > txn.remaining:
+            raise CommitAmountExceeded(
+                f"{reference}: cannot commit {take}, only {txn.remaining} of {txn.amount} left"
+            )
+        now = self._clock()
+        self._move(txn.source, txn.destination, applied=take, inflight=-take)
+        self._post(txn.id, "commit", take, idempotency_key, now)
+        committed = txn.committed_amount + take
+        status = TxnStatus.APPLIED if committed + txn.voided_amount == txn.amount else txn.status
+        return self._store(txn, committed_amount=committed, status=status.value)
+
+    def void(self, reference: str, *, idempotency_key: str | None = None) -> Transaction:
+        txn = self._locked(reference)
+        if self._posted(txn.id, idempotency_key):
+            return txn
+        if txn.status is TxnStatus.VOID:
+            return txn  # voiding twice releases nothing twice
+        if txn.remaining == 0:
+            if txn.voided_amount:
+                return txn
+            raise AlreadyCommitted(f"{reference} is fully committed; nothing left to void")
+        now = self._clock()
+        rest = txn.remaining
+        self._move(txn.source, txn.destination, inflight=-rest)
+        self._post(txn.id, "void", rest, idempotency_key, now)
+        status = TxnStatus.APPLIED if txn.committed_amount else TxnStatus.VOID
+        return self._store(
+            txn, voided_amount=txn.voided_amount + rest, status=status.value, claimed_until=None
+        )
+
+    def claim_inflight(
+        self, older_than: datetime, limit: int, lease: timedelta, now: datetime
+    ) -> Sequence[Transaction]:
+        free = or_(transactions.c.claimed_until.is_(None), transactions.c.claimed_until < now)
+        pick = (
+            select(transactions.c.id)
+            .where(
+                transactions.c.status == TxnStatus.INFLIGHT.value,
+                transactions.c.created_at < older_than,
+                free,
+            )
+            .order_by(transactions.c.created_at, transactions.c.id)
+            .limit(limit)
+        )
+        if self._dialect == "postgresql":
+            # SKIP LOCKED: a second sweeper takes the next rows instead of waiting on ours.
+            pick = pick.with_for_update(skip_locked=True)
+        stmt = (
+            update(transactions)
+            .where(transactions.c.id.in_(pick.scalar_subquery()))
+            .values(claimed_until=now + lease)
+            .returning(*transactions.c)
+        )
+        rows = self.conn.execute(stmt).mappings().all()
+        return sorted((_row_to_txn(r) for r in rows), key=lambda t: (t.created_at, t.id))
+
+    def release(self, reference: str) -> None:
+        self.conn.execute(
+            update(transactions)
+            .where(transactions.c.reference == reference)
+            .values(claimed_until=None)
+        )
+
+    def list_transactions(
+        self, status: TxnStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Transaction]:
+        stmt = select(transactions).order_by(transactions.c.created_at, transactions.c.id)
+        if status is not None:
+            stmt = stmt.where(transactions.c.status == status.value)
+        rows = self.conn.execute(stmt.limit(limit).offset(offset)).mappings().all()
+        return [_row_to_txn(r) for r in rows]
+
+    def balances(self) -> Sequence[Balance]:
+        rows = self.conn.execute(select(balances).order_by(balances.c.name)).mappings().all()
+        return [
+            Balance(
+                name=r["name"],
+                currency=r["currency"],
+                balance=int(r["balance"]),
+                inflight_credit=int(r["inflight_credit"]),
+                inflight_debit=int(r["inflight_debit"]),
+            )
+            for r in rows
+        ]
+
+    def check_invariants(self) -> list[Violation]:
+        out: list[Violation] = []
+        sums = self.conn.execute(
+            select(
+                balances.c.currency,
+                func.sum(balances.c.balance),
+                func.sum(balances.c.inflight_credit - balances.c.inflight_debit),
+            ).group_by(balances.c.currency)
+        ).all()
+        for currency, total, inflight in sums:
+            if int(total or 0) != 0:
+                out.append(Violation("zero_sum", f"{currency} balances sum to {total}, not 0"))
+            if int(inflight or 0) != 0:
+                out.append(Violation("zero_sum_inflight", f"{currency} inflight sums to {inflight}"))
+        t = transactions
+        bad = self.conn.execute(
+            select(t.c.reference, t.c.amount, t.c.committed_amount, t.c.voided_amount, t.c.status)
+            .where(
+                or_(
+                    t.c.committed_amount + t.c.voided_amount > t.c.amount,
+                    t.c.committed_amount < 0,
+                    t.c.voided_amount < 0,
+                    and_(t.c.committed_amount == t.c.amount, t.c.voided_amount == t.c.amount),
+                    and_(t.c.status == "VOID", t.c.committed_amount != 0),
+                    and_(
+                        t.c.status == "APPLIED",
+                        t.c.committed_amount + t.c.voided_amount != t.c.amount,
+                    ),
+                    and_(
+                        t.c.status == "INFLIGHT",
+                        t.c.committed_amount + t.c.voided_amount >= t.c.amount,
+                    ),
+                )
+            )
+            .limit(100)
+        ).all()
+        for ref, amount, committed, voided, status in bad:
+            out.append(
+                Violation(
+                    "transaction_amounts",
+                    f"{ref}: {status} amount={amount} committed={committed} voided={voided}",
+                )
+            )
+        out.extend(self._balances_match_transactions())
+        return out
+
+    def _balances_match_transactions(self) -> list[Violation]:
+        """Each balance equals what its transactions say, applied and reserved alike."""
+        t = transactions
+        reserved = case((t.c.status == "INFLIGHT", t.c.amount - t.c.committed_amount - t.c.voided_amount), else_=0)
+        expected: dict[str, list[int]] = {}
+        for side, sign in ((t.c.destination, 1), (t.c.source, -1)):
+            rows = self.conn.execute(
+                select(side, func.sum(t.c.committed_amount), func.sum(reserved)).group_by(side)
+            ).all()
+            for name, committed, held in rows:
+                cur = expected.setdefault(name, [0, 0, 0])
+                cur[0] += sign * int(committed or 0)
+                if sign > 0:
+                    cur[1] += int(held or 0)
+                else:
+                    cur[2] += int(held or 0)
+        out: list[Violation] = []
+        for bal in self.balances():
+            want = expected.get(bal.name, [0, 0, 0])
+            have = [bal.balance, bal.inflight_credit, bal.inflight_debit]
+            if have != want:
+                out.append(
+                    Violation(
+                        "balance_matches_transactions",
+                        f"{bal.name}: balance/inflight_credit/inflight_debit {have} "
+                        f"but transactions say {want}",
+                    )
+                )
+        return out

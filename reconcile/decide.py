@@ -1,0 +1,291 @@
+"""The decision core: what the ledger must do about one payment.
+
+``decide(payment, entry, policy, now)`` is a pure function of what Stripe says, what the
+ledger holds, the policy and the time it is given.  It reads no clock, does no I/O, logs
+nothing and raises nothing for a business outcome (tests/unit/test_purity.py enforces the
+imports).  Everything that acts on a ``Decision`` lives elsewhere.
+
+``Decision.reason`` is always a :class:`Reason`.  Audit rows, metrics labels and tickets
+store these strings, so they are stable: add new members, never rename a value.
+
+Choices the design table leaves open, and why:
+
+- "Credited" means the customer's balance already holds money for this payment: the entry
+  is APPLIED, or it has a partial commit whatever its status.  A credited entry whose
+  payment failed or was canceled is ``credited_but_failed`` (critical) at once, with no
+  grace period, because the credit exists now; a later success resolves the ticket.
+- Credited while the payment is still in progress (``processing``, ``requires_action``...)
+  means the money was credited before it arrived.  Nothing in the ledger can be undone, and
+  Stripe may still deliver, so the answer is WAIT; past ``processing_sla`` it carries a
+  ``stuck_payment`` ticket of HIGH severity (higher than an uncredited stuck payment,
+  because here the balance already holds money Stripe has not delivered).
+- A VOID entry with nothing credited whose payment is still in progress: NOTHING.  The
+  ledger has let go; if the payment later succeeds, that pass finds ``paid_but_voided``.
+- A payment refunded or disputed while its entry is still INFLIGHT is committed anyway (the
+  money did arrive), and the decision carries the refund/dispute ticket, so that the
+  person who might post a reversal hears about it in the same pass.
+- ``create_missing`` never creates a record for a refunded or disputed payment: crediting
+  money that has already left again needs a person.
+- A VOID entry that was partly committed before the rest was voided (a partial capture,
+  settled) agrees with Stripe when the committed part equals the amount received.
+- Ticket precedence for a credited, succeeded payment: dispute (an evidence deadline runs),
+  then amount/currency mismatch, then refund, then MATCHED.
+- Ages compare strictly: an entry exactly ``failed_grace`` old is still within grace.
+- Amounts are compared as given; currencies are compared exactly, because model.py's views
+  normalise them to upper case at the edge.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from reconcile.model import (
+    Action,
+    CreateSpec,
+    Decision,
+    Entry,
+    EntryStatus,
+    Payment,
+    PaymentStatus,
+    Policy,
+    Severity,
+    TicketKind,
+    TicketSpec,
+)
+
+__all__ = ["Reason", "decide"]
+
+
+class Reason(enum.StrEnum):
+    """Every value ``Decision.reason`` takes (action in brackets)."""
+
+    # Stripe has no such PaymentIntent.
+    NO_PAYMENT_NO_ENTRY = "no_payment_no_entry"  # [nothing]
+    NOT_FOUND_INFLIGHT = "not_found_inflight"  # [ticket unknown_payment high]
+    NOT_FOUND_APPLIED = "not_found_applied"  # [ticket unknown_payment high]
+    NOT_FOUND_VOIDED = "not_found_voided"  # [nothing]
+
+    # The ledger has no record of the payment.
+    NOT_SUCCEEDED_NO_RECORD = "not_succeeded_no_record"  # [nothing]
+    MISSING_RECORD = "missing_record"  # [ticket missing_record high]
+    MISSING_RECORD_NO_DESTINATION = "missing_record_no_destination"  # [ticket, same]
+    MISSING_RECORD_REVERSED = "missing_record_refunded_or_disputed"  # [ticket, same]
+    CREATE_MISSING_RECORD = "create_missing_record"  # [create]
+
+    # Succeeded, entry INFLIGHT.
+    SUCCEEDED_AMOUNT_MATCHES = "succeeded_amount_matches"  # [commit]
+    PARTIAL_CAPTURE = "partial_capture"  # [commit + void rest, ticket amount_mismatch low]
+    PARTIAL_CAPTURE_VOID_REMAINDER = "partial_capture_void_remainder"  # [void, same ticket]
+    ALREADY_COMMITTED = "already_committed"  # [matched]
+    RECEIVED_EXCEEDS_INFLIGHT = "received_exceeds_inflight"  # [ticket amount_mismatch high]
+    RECEIVED_EXCEEDS_REMAINING = "received_exceeds_remaining"  # [ticket amount_mismatch high]
+    COMMITTED_EXCEEDS_RECEIVED = "committed_exceeds_received"  # [ticket amount_mismatch high]
+    LEDGER_OVERALLOCATED = "ledger_overallocated"  # [ticket amount_mismatch high]
+
+    # Succeeded, either entry status.
+    CURRENCY_MISMATCH = "currency_mismatch"  # [ticket amount_mismatch high]
+
+    # Not succeeded, entry INFLIGHT with nothing credited.
+    CANCELED = "canceled"  # [void]
+    FAILED_PAST_GRACE = "failed_past_grace"  # [void]
+    FAILED_WITHIN_GRACE = "failed_within_grace"  # [wait]
+    IN_PROGRESS = "in_progress"  # [wait]
+    STUCK_PAST_SLA = "stuck_past_sla"  # [wait, ticket stuck_payment medium or low]
+
+    # Entry credited (APPLIED, or partly committed).
+    APPLIED_AMOUNT_MATCHES = "applied_amount_matches"  # [matched]
+    APPLIED_AMOUNT_DIFFERS = "applied_amount_differs"  # [ticket amount_mismatch high]
+    DISPUTE_OPENED = "dispute_opened"  # [ticket dispute_opened high]
+    REFUND_AFTER_CREDIT = "refund_after_credit"  # [ticket refund_after_credit medium]
+    CREDITED_BUT_FAILED = "credited_but_failed"  # [ticket credited_but_failed critical]
+    CREDITED_BEFORE_SETTLEMENT = "credited_before_settlement"  # [wait]
+    CREDITED_STUCK_PAST_SLA = "credited_stuck_past_sla"  # [wait, ticket stuck_payment high]
+
+    # Entry VOID.
+    PAID_BUT_VOIDED = "paid_but_voided"  # [ticket paid_but_voided critical]
+    PARTIAL_CAPTURE_SETTLED = "partial_capture_settled"  # [matched]
+    VOIDED_AND_FAILED = "voided_and_failed"  # [matched]
+    VOIDED_WHILE_PAYMENT_OPEN = "voided_while_payment_open"  # [nothing]
+
+
+# Waiting on Stripe or the bank rather than on the customer: a stuck one is more worrying.
+_PROVIDER_SIDE = frozenset({PaymentStatus.PROCESSING, PaymentStatus.REQUIRES_CAPTURE})
+
+
+def decide(
+    payment: Payment | None, entry: Entry | None, policy: Policy, now: datetime
+) -> Decision:
+    """What the ledger must do about one payment; see the module docstring and DESIGN.md."""
+    if payment is None:
+        return _not_found(entry)
+    if entry is None:
+        return _no_record(payment, policy)
+    if payment.status is PaymentStatus.SUCCEEDED:
+        return _succeeded(payment, entry)
+    if entry.status is EntryStatus.APPLIED or entry.committed_amount > 0:
+        return _credited_unpaid(payment, entry, policy, now)
+    if entry.status is EntryStatus.VOID:
+        if _failed(payment):
+            return Decision(Action.MATCHED, Reason.VOIDED_AND_FAILED, resolves=True)
+        return Decision(Action.NOTHING, Reason.VOIDED_WHILE_PAYMENT_OPEN)
+    return _inflight_unpaid(payment, entry, policy, now)
+
+
+def _not_found(entry: Entry | None) -> Decision:
+    if entry is None:
+        return Decision(Action.NOTHING, Reason.NO_PAYMENT_NO_ENTRY)
+    if entry.status is EntryStatus.INFLIGHT:
+        return _ticket(TicketKind.UNKNOWN_PAYMENT, Severity.HIGH, Reason.NOT_FOUND_INFLIGHT)
+    if entry.status is EntryStatus.APPLIED:
+        return _ticket(TicketKind.UNKNOWN_PAYMENT, Severity.HIGH, Reason.NOT_FOUND_APPLIED)
+    return Decision(Action.NOTHING, Reason.NOT_FOUND_VOIDED)
+
+
+def _no_record(payment: Payment, policy: Policy) -> Decision:
+    if payment.status is not PaymentStatus.SUCCEEDED:
+        return Decision(Action.NOTHING, Reason.NOT_SUCCEEDED_NO_RECORD)
+    if not policy.create_missing:
+        return _missing(Reason.MISSING_RECORD)
+    if payment.disputed or payment.amount_refunded > 0:
+        return _missing(Reason.MISSING_RECORD_REVERSED)
+    destination = payment.metadata.get(policy.destination_key)
+    if not destination:
+        return _missing(Reason.MISSING_RECORD_NO_DESTINATION)
+    spec = CreateSpec(
+        reference=payment.id,
+        amount=payment.amount_received,
+        currency=payment.currency,
+        source=payment.metadata.get(policy.source_key, policy.default_source),
+        destination=destination,
+    )
+    return Decision(Action.CREATE, Reason.CREATE_MISSING_RECORD, create=spec, resolves=True)
+
+
+def _succeeded(payment: Payment, entry: Entry) -> Decision:
+    if entry.status is EntryStatus.INFLIGHT:
+        return _commit(payment, entry)
+    if entry.status is EntryStatus.APPLIED:
+        return _settled(payment, entry, Reason.APPLIED_AMOUNT_MATCHES)
+    if (
+        entry.committed_amount > 0
+        and payment.currency == entry.currency
+        and payment.amount_received == entry.committed_amount
+    ):
+        return _settled(payment, entry, Reason.PARTIAL_CAPTURE_SETTLED)
+    return _ticket(TicketKind.PAID_BUT_VOIDED, Severity.CRITICAL, Reason.PAID_BUT_VOIDED)
+
+
+def _commit(payment: Payment, entry: Entry) -> Decision:
+    if entry.remaining < 0:
+        return _mismatch(Reason.LEDGER_OVERALLOCATED)
+    if payment.currency != entry.currency:
+        return _mismatch(Reason.CURRENCY_MISMATCH)
+    received = payment.amount_received
+    if received > entry.amount:
+        return _mismatch(Reason.RECEIVED_EXCEEDS_INFLIGHT)
+    to_commit = received - entry.committed_amount
+    if to_commit < 0:
+        return _mismatch(Reason.COMMITTED_EXCEEDS_RECEIVED)
+    if to_commit > entry.remaining:
+        # Part of the hold was voided, yet the money for it arrived.
+        return _mismatch(Reason.RECEIVED_EXCEEDS_REMAINING)
+    partial = received < entry.amount
+    if to_commit == 0:
+        if entry.remaining == 0:
+            # Fully settled already; the entry's status has not caught up.
+            return _settled(payment, entry, Reason.ALREADY_COMMITTED)
+        # The received part is committed; only the uncaptured rest is left to release.
+        return Decision(
+            Action.VOID,
+            Reason.PARTIAL_CAPTURE_VOID_REMAINDER,
+            ticket=_follow_up(payment, partial=True),
+            resolves=True,
+        )
+    return Decision(
+        Action.COMMIT,
+        Reason.PARTIAL_CAPTURE if partial else Reason.SUCCEEDED_AMOUNT_MATCHES,
+        commit_amount=to_commit,
+        void_remainder=entry.remaining > to_commit,
+        ticket=_follow_up(payment, partial=partial),
+        resolves=True,
+    )
+
+
+def _settled(payment: Payment, entry: Entry, matched: Reason) -> Decision:
+    """A succeeded payment whose entry holds its final credit (``committed_amount``)."""
+    if payment.disputed:
+        return _ticket(TicketKind.DISPUTE_OPENED, Severity.HIGH, Reason.DISPUTE_OPENED)
+    if payment.currency != entry.currency:
+        return _mismatch(Reason.CURRENCY_MISMATCH)
+    if payment.amount_received != entry.committed_amount:
+        return _mismatch(Reason.APPLIED_AMOUNT_DIFFERS)
+    if payment.amount_refunded > 0:
+        return _ticket(
+            TicketKind.REFUND_AFTER_CREDIT, Severity.MEDIUM, Reason.REFUND_AFTER_CREDIT
+        )
+    return Decision(Action.MATCHED, matched, resolves=True)
+
+
+def _credited_unpaid(payment: Payment, entry: Entry, policy: Policy, now: datetime) -> Decision:
+    if _failed(payment):
+        return _ticket(
+            TicketKind.CREDITED_BUT_FAILED, Severity.CRITICAL, Reason.CREDITED_BUT_FAILED
+        )
+    if now - entry.created_at > policy.processing_sla:
+        return Decision(
+            Action.WAIT,
+            Reason.CREDITED_STUCK_PAST_SLA,
+            ticket=TicketSpec(TicketKind.STUCK_PAYMENT, Severity.HIGH),
+        )
+    return Decision(Action.WAIT, Reason.CREDITED_BEFORE_SETTLEMENT)
+
+
+def _inflight_unpaid(payment: Payment, entry: Entry, policy: Policy, now: datetime) -> Decision:
+    if payment.status is PaymentStatus.CANCELED:
+        return Decision(Action.VOID, Reason.CANCELED, resolves=True)
+    age = now - entry.created_at
+    if _failed(payment):
+        if age > policy.failed_grace:
+            return Decision(Action.VOID, Reason.FAILED_PAST_GRACE, resolves=True)
+        return Decision(Action.WAIT, Reason.FAILED_WITHIN_GRACE)
+    if age > policy.processing_sla:
+        severity = Severity.MEDIUM if payment.status in _PROVIDER_SIDE else Severity.LOW
+        return Decision(
+            Action.WAIT,
+            Reason.STUCK_PAST_SLA,
+            ticket=TicketSpec(TicketKind.STUCK_PAYMENT, severity),
+        )
+    return Decision(Action.WAIT, Reason.IN_PROGRESS)
+
+
+def _failed(payment: Payment) -> bool:
+    # requires_payment_method is also the state of a payment nobody has tried to pay yet;
+    # only a recorded error makes it a failure.
+    return payment.status is PaymentStatus.CANCELED or (
+        payment.status is PaymentStatus.REQUIRES_PAYMENT_METHOD
+        and bool(payment.last_payment_error)
+    )
+
+
+def _follow_up(payment: Payment, *, partial: bool) -> TicketSpec | None:
+    """The ticket a commit carries: the most severe thing a person must still look at."""
+    if payment.disputed:
+        return TicketSpec(TicketKind.DISPUTE_OPENED, Severity.HIGH)
+    if payment.amount_refunded > 0:
+        return TicketSpec(TicketKind.REFUND_AFTER_CREDIT, Severity.MEDIUM)
+    if partial:
+        return TicketSpec(TicketKind.AMOUNT_MISMATCH, Severity.LOW)
+    return None
+
+
+def _ticket(kind: TicketKind, severity: Severity, reason: Reason) -> Decision:
+    return Decision(Action.TICKET, reason, ticket=TicketSpec(kind, severity))
+
+
+def _mismatch(reason: Reason) -> Decision:
+    return _ticket(TicketKind.AMOUNT_MISMATCH, Severity.HIGH, reason)
+
+
+def _missing(reason: Reason) -> Decision:
+    return _ticket(TicketKind.MISSING_RECORD, Severity.HIGH, reason)

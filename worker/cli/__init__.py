@@ -1,0 +1,64 @@
+"""The `recon` command line."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from worker.cli import ledger_cmds
+from worker.cli.context import app_state
+from worker.cli.output import console, fail, print_json
+from worker.logs import configure_logging
+
+app = typer.Typer(
+    name="recon",
+    help="stripe-recon: keep the ledger honest about Stripe.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(ledger_cmds.app, name="ledger", no_args_is_help=True)
+
+
+@app.callback()
+def _root() -> None:
+    configure_logging()
+
+
+@db_app.command()
+def upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply migrations (creates the schema on an empty database; no-op when up to date)."""
+    from worker.db import current_revision, upgrade as do_upgrade
+
+    url = app_state.settings.database_url
+    before = current_revision(app_state.engine)
+    try:
+        do_upgrade(url, revision)
+    except Exception as exc:  # noqa: BLE001 - report, don't dump a trace at 3 a.m.
+        fail(f"migration failed: {exc}", 1)
+    after = current_revision(app_state.engine)
+    if before == after:
+        console.print(f"database already at revision {after}; nothing to do")
+    else:
+        console.print(f"database upgraded: {before or 'empty'} -> {after}")
+
+
+@db_app.command()
+def current(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show the schema revision the database is at."""
+    from worker.db import current_revision
+
+    rev = current_revision(app_state.engine)
+    if as_json:
+        print_json({"revision": rev})
+    else:
+        console.print(rev or "empty (run `recon db upgrade`)")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,259 @@
+"""`recon ledger ...`: look at and operate the built-in ledger."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+
+from ledger.errors import InvalidInput, LedgerError, TransactionNotFound
+from ledger.model import NewTransaction, Transaction
+from ledger.money import Money
+from ledger.sql import SqlLedger
+from worker.cli.context import app_state
+from worker.cli.output import EXIT_ATTENTION, console, fail, kv, print_json, table
+
+app = typer.Typer(help="Inspect and operate the ledger (balances, inflight transactions).")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Show what would change; change nothing.")
+]
+
+
+def _parse_meta(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            fail(f"--meta takes KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value
+    return out
+
+
+def _parse_amount(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        fail(f"amount must be a whole number of minor units (e.g. 5000 for 50.00 USD), got {text!r}")
+    if value <= 0:
+        fail(f"amount must be positive, got {value}")
+    return value
+
+
+def _show(txn: Transaction) -> None:
+    money = lambda n: Money(n, txn.currency).format()  # noqa: E731
+    kv(
+        f"{txn.reference}  [{txn.status.value}]",
+        [
+            ("id", txn.id),
+            ("amount", f"{txn.amount} ({money(txn.amount)})"),
+            ("committed", f"{txn.committed_amount} ({money(txn.committed_amount)})"),
+            ("voided", f"{txn.voided_amount} ({money(txn.voided_amount)})"),
+            ("remaining", f"{txn.remaining} ({money(txn.remaining)})"),
+            ("source", txn.source),
+            ("destination", txn.destination),
+            ("metadata", ", ".join(f"{k}={v}" for k, v in txn.metadata.items()) or "-"),
+            ("expires at", txn.expires_at.isoformat() if txn.expires_at else "-"),
+            ("created at", txn.created_at.isoformat()),
+        ],
+    )
+
+
+# ignore_unknown_options lets "-5" reach the amount check ("must be positive") instead of
+# click's confusing "No such option: -5".
+@app.command(context_settings={"ignore_unknown_options": True})
+def inflight(
+    reference: Annotated[str, typer.Argument(help="Unique reference, e.g. the PaymentIntent id.")],
+    amount: Annotated[str, typer.Argument(help="Amount in minor units (5000 = 50.00 USD).")],
+    currency: Annotated[str, typer.Argument(help="ISO 4217 code, e.g. USD, EUR, JPY.")],
+    source: Annotated[str, typer.Argument(help="Balance the money comes from, e.g. @stripe.")],
+    destination: Annotated[str, typer.Argument(help="Balance credited, e.g. wallet:cus_123.")],
+    meta: Annotated[
+        list[str] | None, typer.Option("--meta", help="KEY=VALUE metadata (repeatable).")
+    ] = None,
+    expires_at: Annotated[
+        str | None, typer.Option("--expires-at", help="ISO 8601 time the hold lapses.")
+    ] = None,
+    applied: Annotated[
+        bool, typer.Option("--applied", help="Create it APPLIED directly instead of INFLIGHT.")
+    ] = False,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Record a pending (INFLIGHT) transaction, as an application does at PaymentIntent time."""
+    value = _parse_amount(amount)
+    metadata = _parse_meta(meta or [])
+    expiry = None
+    if expires_at:
+        try:
+            expiry = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+        except ValueError:
+            fail(f"--expires-at must be ISO 8601 (2026-11-23T12:00:00Z), got {expires_at!r}")
+        if expiry.tzinfo is None:
+            expiry = expiry.replace(tzinfo=UTC)
+    new = NewTransaction(
+        reference=reference,
+        source=source,
+        destination=destination,
+        amount=value,
+        currency=currency,
+        inflight=not applied,
+        metadata=metadata,
+        expires_at=expiry,
+    )
+    scope = app_state.rehearse() if dry_run else app_state.begin()
+    try:
+        with scope as conn:
+            txn = SqlLedger(conn).create(new)
+    except InvalidInput as exc:
+        fail(str(exc))
+    except LedgerError as exc:
+        fail(str(exc), EXIT_ATTENTION)
+    if as_json:
+        print_json({**txn.as_dict(), "dry_run": dry_run})
+        return
+    if dry_run:
+        console.print("[yellow]dry run: nothing was written[/]")
+    _show(txn)
+
+
+@app.command()
+def show(
+    reference: Annotated[str, typer.Argument(help="Transaction reference or linked PaymentIntent id.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one transaction, found by reference (or its stripe_payment_intent link)."""
+    with app_state.ledger() as ledger:
+        txn = ledger.find_linked(reference)
+    if txn is None:
+        fail(f"no ledger transaction with reference {reference!r}", EXIT_ATTENTION)
+    if as_json:
+        print_json(txn.as_dict())
+    else:
+        _show(txn)
+
+
+@app.command("list")
+def list_(
+    status: Annotated[
+        str | None, typer.Option(help="INFLIGHT, APPLIED or VOID.", case_sensitive=False)
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List transactions, oldest first."""
+    from ledger.model import TxnStatus
+
+    try:
+        wanted = TxnStatus(status.upper()) if status else None
+    except ValueError:
+        fail(f"--status must be INFLIGHT, APPLIED or VOID, got {status!r}")
+    with app_state.ledger() as ledger:
+        txns = ledger.list_transactions(wanted, limit=limit)
+    if as_json:
+        print_json([t.as_dict() for t in txns])
+        return
+    table(
+        f"{len(txns)} transaction(s)",
+        ["reference", "status", "amount", "committed", "voided", "source", "destination", "created"],
+        [
+            (
+                t.reference,
+                t.status.value,
+                Money(t.amount, t.currency).format(),
+                t.committed_amount,
+                t.voided_amount,
+                t.source,
+                t.destination,
+                t.created_at.isoformat(timespec="seconds"),
+            )
+            for t in txns
+        ],
+    )
+
+
+def _operate(reference: str, dry_run: bool, as_json: bool, op: str, amount: int | None) -> None:
+    scope = app_state.rehearse() if dry_run else app_state.begin()
+    try:
+        with scope as conn:
+            ledger = SqlLedger(conn)
+            txn = ledger.commit(reference, amount) if op == "commit" else ledger.void(reference)
+    except TransactionNotFound as exc:
+        fail(str(exc), EXIT_ATTENTION)
+    except InvalidInput as exc:
+        fail(str(exc))
+    except LedgerError as exc:
+        fail(str(exc), EXIT_ATTENTION)
+    if as_json:
+        print_json({**txn.as_dict(), "dry_run": dry_run})
+        return
+    if dry_run:
+        console.print("[yellow]dry run: nothing was written; this is what it would look like[/]")
+    _show(txn)
+
+
+@app.command()
+def commit(
+    reference: str,
+    amount: Annotated[
+        int | None, typer.Option(min=1, help="Commit only this much (minor units).")
+    ] = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Commit an inflight transaction in full, or partly with --amount. Prefer `recon payment`,
+    which checks Stripe first."""
+    _operate(reference, dry_run, as_json, "commit", amount)
+
+
+@app.command()
+def void(reference: str, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
+    """Void what is left of an inflight transaction. Prefer `recon payment`, which checks Stripe
+    first."""
+    _operate(reference, dry_run, as_json, "void", None)
+
+
+@app.command()
+def balances(as_json: JsonOpt = False) -> None:
+    """Every balance: applied amount and what inflight transactions hold."""
+    with app_state.ledger() as ledger:
+        bals = ledger.balances()
+    if as_json:
+        print_json([b.as_dict() for b in bals])
+        return
+    table(
+        f"{len(bals)} balance(s)",
+        ["balance", "currency", "applied", "inflight in", "inflight out"],
+        [
+            (
+                b.name,
+                b.currency,
+                Money(b.balance, b.currency).format(),
+                Money(b.inflight_credit, b.currency).format(),
+                Money(b.inflight_debit, b.currency).format(),
+            )
+            for b in bals
+        ],
+    )
+
+
+@app.command()
+def check(as_json: JsonOpt = False) -> None:
+    """Check the ledger's invariants; exit 1 and list the violations if any fails."""
+    with app_state.ledger() as ledger:
+        violations = ledger.check_invariants()
+    if as_json:
+        print_json({"ok": not violations, "violations": [v.__dict__ for v in violations]})
+    elif violations:
+        table(
+            f"{len(violations)} invariant violation(s)",
+            ["rule", "detail"],
+            [(v.rule, v.detail) for v in violations],
+        )
+    else:
+        console.print("[green]ledger invariants hold[/]: balances sum to zero per currency, "
+                      "no transaction over-committed or both committed and voided")
+    if violations:
+        raise typer.Exit(EXIT_ATTENTION)
