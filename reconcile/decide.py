@@ -113,9 +113,7 @@ class Reason(enum.StrEnum):
 _PROVIDER_SIDE = frozenset({PaymentStatus.PROCESSING, PaymentStatus.REQUIRES_CAPTURE})
 
 
-def decide(
-    payment: Payment | None, entry: Entry | None, policy: Policy, now: datetime
-) -> Decision:
+def decide(payment: Payment | None, entry: Entry | None, policy: Policy, now: datetime) -> Decision:
     """What the ledger must do about one payment; see the module docstring and DESIGN.md."""
     if payment is None:
         return _not_found(entry)
@@ -221,9 +219,7 @@ def _settled(payment: Payment, entry: Entry, matched: Reason) -> Decision:
     if payment.amount_received != entry.committed_amount:
         return _mismatch(Reason.APPLIED_AMOUNT_DIFFERS)
     if payment.amount_refunded > 0:
-        return _ticket(
-            TicketKind.REFUND_AFTER_CREDIT, Severity.MEDIUM, Reason.REFUND_AFTER_CREDIT
-        )
+        return _ticket(TicketKind.REFUND_AFTER_CREDIT, Severity.MEDIUM, Reason.REFUND_AFTER_CREDIT)
     return Decision(Action.MATCHED, matched, resolves=True)
 
 
@@ -263,8 +259,7 @@ def _failed(payment: Payment) -> bool:
     # requires_payment_method is also the state of a payment nobody has tried to pay yet;
     # only a recorded error makes it a failure.
     return payment.status is PaymentStatus.CANCELED or (
-        payment.status is PaymentStatus.REQUIRES_PAYMENT_METHOD
-        and bool(payment.last_payment_error)
+        payment.status is PaymentStatus.REQUIRES_PAYMENT_METHOD and bool(payment.last_payment_error)
     )
 
 
