@@ -31,13 +31,31 @@ class Ledger(Protocol):
     def void(self, reference: str, *, idempotency_key: str | None = None) -> Transaction: ...
 
     def claim_inflight(
-        self, older_than: datetime, limit: int, lease: timedelta, now: datetime
+        self,
+        older_than: datetime,
+        limit: int,
+        lease: timedelta,
+        now: datetime,
+        after: tuple[datetime, str] | None = None,
     ) -> Sequence[Transaction]:
         """Claim up to ``limit`` INFLIGHT transactions created before ``older_than``.
+
+        ``after`` (created_at, id) keyset-pages a pass, so that one pass never examines an
+        entry twice even though it gives its claims back after each batch.
 
         A claimed row is skipped by other claimers until its lease ends, so that several
         workers never take the same entry; a crashed worker's claims simply expire.
         """
+        ...
+
+    def list_inflight(
+        self, older_than: datetime, limit: int, after: tuple[datetime, str] | None = None
+    ) -> Sequence[Transaction]:
+        """Read-only page of INFLIGHT transactions (what a dry run looks at), keyset-paged."""
+        ...
+
+    def find_linked_many(self, links: Sequence[str]) -> dict[str, Transaction]:
+        """``find_linked`` for many links in one round trip: link -> transaction."""
         ...
 
     def release(self, reference: str) -> None: ...

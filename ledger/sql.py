@@ -121,6 +121,11 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+def _after(key: tuple[datetime, str]) -> Any:
+    t = transactions
+    return or_(t.c.created_at > key[0], and_(t.c.created_at == key[0], t.c.id > key[1]))
+
+
 def _row_to_txn(row: RowMapping) -> Transaction:
     created = _aware(row["created_at"])
     assert created is not None
@@ -401,19 +406,23 @@ class SqlLedger:
         )
 
     def claim_inflight(
-        self, older_than: datetime, limit: int, lease: timedelta, now: datetime
+        self,
+        older_than: datetime,
+        limit: int,
+        lease: timedelta,
+        now: datetime,
+        after: tuple[datetime, str] | None = None,
     ) -> Sequence[Transaction]:
-        free = or_(transactions.c.claimed_until.is_(None), transactions.c.claimed_until < now)
+        t = transactions
+        free = or_(t.c.claimed_until.is_(None), t.c.claimed_until < now)
         pick = (
-            select(transactions.c.id)
-            .where(
-                transactions.c.status == TxnStatus.INFLIGHT.value,
-                transactions.c.created_at < older_than,
-                free,
-            )
-            .order_by(transactions.c.created_at, transactions.c.id)
+            select(t.c.id)
+            .where(t.c.status == TxnStatus.INFLIGHT.value, t.c.created_at < older_than, free)
+            .order_by(t.c.created_at, t.c.id)
             .limit(limit)
         )
+        if after is not None:
+            pick = pick.where(_after(after))
         if self._dialect == "postgresql":
             # SKIP LOCKED: a second sweeper takes the next rows instead of waiting on ours.
             pick = pick.with_for_update(skip_locked=True)
@@ -425,6 +434,36 @@ class SqlLedger:
         )
         rows = self.conn.execute(stmt).mappings().all()
         return sorted((_row_to_txn(r) for r in rows), key=lambda t: (t.created_at, t.id))
+
+    def list_inflight(
+        self, older_than: datetime, limit: int, after: tuple[datetime, str] | None = None
+    ) -> Sequence[Transaction]:
+        t = transactions
+        stmt = select(t).where(t.c.status == TxnStatus.INFLIGHT.value, t.c.created_at < older_than)
+        if after is not None:
+            stmt = stmt.where(_after(after))
+        rows = self.conn.execute(stmt.order_by(t.c.created_at, t.c.id).limit(limit)).mappings()
+        return [_row_to_txn(r) for r in rows]
+
+    def find_linked_many(self, links: Sequence[str]) -> dict[str, Transaction]:
+        out: dict[str, Transaction] = {}
+        wanted = list(dict.fromkeys(links))
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            rows = self.conn.execute(
+                select(transactions).where(
+                    or_(transactions.c.reference.in_(chunk), transactions.c.link.in_(chunk))
+                )
+            ).mappings()
+            for row in rows:
+                txn = _row_to_txn(row)
+                # A reference match wins over a metadata link, as in find_linked.
+                if txn.reference in chunk:
+                    out[txn.reference] = txn
+                link = row["link"]
+                if link in chunk and link not in out:
+                    out[link] = txn
+        return out
 
     def release(self, reference: str) -> None:
         self.conn.execute(

@@ -164,7 +164,8 @@ def _succeeded(payment: Payment, entry: Entry) -> Decision:
     if entry.status is EntryStatus.INFLIGHT:
         return _commit(payment, entry)
     if entry.status is EntryStatus.APPLIED:
-        return _settled(payment, entry, Reason.APPLIED_AMOUNT_MATCHES)
+        settled = Reason.PARTIAL_CAPTURE_SETTLED if entry.voided_amount else None
+        return _settled(payment, entry, settled or Reason.APPLIED_AMOUNT_MATCHES)
     if (
         entry.committed_amount > 0
         and payment.currency == entry.currency
@@ -220,7 +221,9 @@ def _settled(payment: Payment, entry: Entry, matched: Reason) -> Decision:
         return _mismatch(Reason.APPLIED_AMOUNT_DIFFERS)
     if payment.amount_refunded > 0:
         return _ticket(TicketKind.REFUND_AFTER_CREDIT, Severity.MEDIUM, Reason.REFUND_AFTER_CREDIT)
-    return Decision(Action.MATCHED, matched, resolves=True)
+    # A settled partial capture keeps its low amount_mismatch ticket open: it is CX's cue to
+    # tell the customer they were credited less than they asked for, so no pass may close it.
+    return Decision(Action.MATCHED, matched, resolves=matched is not Reason.PARTIAL_CAPTURE_SETTLED)
 
 
 def _credited_unpaid(payment: Payment, entry: Entry, policy: Policy, now: datetime) -> Decision:

@@ -428,8 +428,20 @@ def test_tickets_a_voided_partial_capture_whose_committed_part_is_short() -> Non
 def test_matches_a_voided_entry_whose_partial_capture_was_committed_first() -> None:
     voided = entry(EntryStatus.VOID, committed_amount=600, voided_amount=400)
     assert decide(payment(received=600), voided, POLICY, NOW) == Decision(
-        Action.MATCHED, Reason.PARTIAL_CAPTURE_SETTLED, resolves=True
+        Action.MATCHED, Reason.PARTIAL_CAPTURE_SETTLED, resolves=False
     )
+
+
+def test_a_settled_partial_capture_keeps_its_ticket_open_for_cx() -> None:
+    applied = entry(EntryStatus.APPLIED, committed_amount=600, voided_amount=400)
+    assert decide(payment(received=600), applied, POLICY, NOW) == Decision(
+        Action.MATCHED, Reason.PARTIAL_CAPTURE_SETTLED, resolves=False
+    )
+
+
+def test_a_fully_credited_payment_resolves_its_tickets() -> None:
+    applied = entry(EntryStatus.APPLIED, committed_amount=1000)
+    assert decide(payment(received=1000), applied, POLICY, NOW).resolves is True
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,173 @@
+"""Runs (every job execution) and the audit trail (every ledger action)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Engine, desc, select, update
+
+from reconcile.tables import audit, runs
+
+SUCCEEDED = "succeeded"
+PARTIAL = "partial"
+FAILED = "failed"
+RUNNING = "running"
+
+
+@dataclass
+class RunState:
+    """What a run accumulates while it works; written to ``recon_runs`` when it ends."""
+
+    id: int
+    job: str
+    dry_run: bool
+    actor: str
+    counts: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    cut_short: str | None = None  # why the run stopped early (rate limit, guard, errors)
+    resume: dict[str, Any] | None = None
+
+    @property
+    def status(self) -> str:
+        return PARTIAL if (self.cut_short or self.errors) else SUCCEEDED
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: int
+    status: str
+    counts: dict[str, int]
+    errors: list[str]
+    plan: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def attention(self) -> bool:
+        """True when a person should look: discrepancies remain or the run was not clean."""
+        return self.status != SUCCEEDED or any(
+            self.counts.get(k, 0) for k in ("ticket_opened", "ticket_bumped", "incident")
+        )
+
+
+def start_run(
+    engine: Engine,
+    *,
+    job: str,
+    trigger: str,
+    actor: str,
+    dry_run: bool,
+    now: datetime,
+    window: tuple[datetime | None, datetime | None] = (None, None),
+    params: Mapping[str, Any] | None = None,
+    rerun_of: int | None = None,
+) -> RunState:
+    # Its own committed transaction: a run that crashes still leaves its "running" row,
+    # which is how on-call finds it.
+    with engine.begin() as conn:
+        run_id = conn.execute(
+            runs.insert()
+            .values(
+                job=job,
+                trigger=trigger,
+                actor=actor,
+                dry_run=dry_run,
+                window_start=window[0],
+                window_end=window[1],
+                params=dict(params or {}),
+                status=RUNNING,
+                counts={},
+                errors=[],
+                rerun_of=rerun_of,
+                started_at=now,
+            )
+            .returning(runs.c.id)
+        ).scalar_one()
+    return RunState(id=int(run_id), job=job, dry_run=dry_run, actor=actor)
+
+
+def finish_run(
+    engine: Engine,
+    state: RunState,
+    *,
+    now: datetime,
+    stripe: Mapping[str, int] | None = None,
+    status: str | None = None,
+) -> str:
+    final = status or state.status
+    with engine.begin() as conn:
+        conn.execute(
+            update(runs)
+            .where(runs.c.id == state.id)
+            .values(
+                status=final,
+                counts=dict(state.counts),
+                errors=state.errors[:200],
+                resume=state.resume,
+                stripe_calls=int((stripe or {}).get("calls", 0)),
+                stripe_rate_limited=int((stripe or {}).get("rate_limited", 0)),
+                finished_at=now,
+                params=_merge_params(conn, state.id, state.cut_short),
+            )
+        )
+    return final
+
+
+def _merge_params(conn: Connection, run_id: int, cut_short: str | None) -> dict[str, Any]:
+    params = dict(conn.execute(select(runs.c.params).where(runs.c.id == run_id)).scalar_one() or {})
+    if cut_short:
+        params["cut_short"] = cut_short
+    return params
+
+
+def record_audit(
+    conn: Connection,
+    *,
+    run_id: int | None,
+    payment_id: str | None,
+    reference: str | None,
+    action: str,
+    reason: str,
+    actor: str,
+    now: datetime,
+    amount: int | None = None,
+    currency: str | None = None,
+    evidence: Mapping[str, Any] | None = None,
+    ticket_id: int | None = None,
+) -> None:
+    conn.execute(
+        audit.insert().values(
+            run_id=run_id,
+            payment_id=payment_id,
+            reference=reference,
+            action=action,
+            reason=reason,
+            actor=actor,
+            amount=amount,
+            currency=currency,
+            evidence=dict(evidence or {}),
+            ticket_id=ticket_id,
+            created_at=now,
+        )
+    )
+
+
+def last_run(conn: Connection, job: str) -> Mapping[str, Any] | None:
+    row = (
+        conn.execute(
+            select(runs)
+            .where(runs.c.job == job, runs.c.dry_run.is_(False), runs.c.status != RUNNING)
+            .order_by(desc(runs.c.id))
+            .limit(1)
+        )
+        .mappings()
+        .first()
+    )
+    return dict(row) if row else None
+
+
+def get_run(conn: Connection, run_id: int) -> Mapping[str, Any] | None:
+    row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
+    return dict(row) if row else None

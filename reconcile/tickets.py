@@ -1,0 +1,319 @@
+"""Discrepancy tickets: one open ticket per (kind, payment), with what a CX agent needs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ledger.money import Money
+from reconcile.model import (
+    Entry,
+    Payment,
+    PaymentStatus,
+    Severity,
+    TicketKind,
+    TicketSpec,
+)
+from reconcile.tables import deliveries, tickets
+
+OPEN = "open"
+RESOLVED = "resolved"
+
+_FIXES: dict[TicketKind, str] = {
+    TicketKind.AMOUNT_MISMATCH: (
+        "Compare the amount Stripe received with the ledger entry. If the customer paid less "
+        "(partial capture), the received amount was credited and the rest released: tell the "
+        "customer. Otherwise correct the ledger entry by hand, then `recon tickets resolve ID "
+        "--action none --note ...`."
+    ),
+    TicketKind.STUCK_PAYMENT: (
+        "The payment has not settled within the SLA. Check the PaymentIntent in the Stripe "
+        "dashboard (bank transfer? 3-D Secure never completed?). Nothing to do in the ledger "
+        "until it settles; `recon payment PI_ID` re-checks it."
+    ),
+    TicketKind.UNKNOWN_PAYMENT: (
+        "Stripe has no such PaymentIntent. Check the reference belongs to this Stripe account "
+        "(live vs test). If the top-up never reached Stripe, void the hold: `recon tickets "
+        "resolve ID --action void --note ...`."
+    ),
+    TicketKind.MISSING_RECORD: (
+        "The customer paid on Stripe but the ledger has no record: credit them with `recon "
+        "tickets resolve ID --action create-record --note ...` (needs the destination balance "
+        "in the PaymentIntent metadata `ledger_destination`), or create the entry by hand."
+    ),
+    TicketKind.CREDITED_BUT_FAILED: (
+        "The wallet was credited but the payment failed or was canceled on Stripe: the money "
+        "never arrived. Reverse the credit by hand (a reversal transaction) and contact the "
+        "customer before they spend it."
+    ),
+    TicketKind.PAID_BUT_VOIDED: (
+        "The customer paid but the ledger hold was voided, so the wallet was never credited. "
+        "Credit the customer with a new transaction (or refund them on Stripe)."
+    ),
+    TicketKind.REFUND_AFTER_CREDIT: (
+        "The payment was refunded after the wallet was credited. Decide whether to post a "
+        "reversal for the refunded amount; the ledger was not changed automatically."
+    ),
+    TicketKind.DISPUTE_OPENED: (
+        "The customer disputed the payment after it was credited. Submit evidence in the "
+        "Stripe dashboard before the deadline and consider holding the balance."
+    ),
+    TicketKind.INCIDENT: (
+        "A run stopped itself because it would have changed far more entries than usual. "
+        "Check STRIPE_API_KEY points at the right account and Stripe's status page, then "
+        "rerun with `recon rerun RUN_ID --dry-run` and compare."
+    ),
+}
+
+
+def customer_message(payment: Payment | None, amount: Money | None) -> str | None:
+    what = f"your top-up of {amount.format()}" if amount else "your top-up"
+    if payment is None:
+        return None
+    if payment.status is PaymentStatus.SUCCEEDED:
+        return (
+            f"We received {what}. Your wallet will update shortly; no need to pay again."
+        )
+    if payment.status is PaymentStatus.CANCELED or payment.last_payment_error:
+        return (
+            f"The payment for {what} did not go through. Nothing was taken, or any amount held "
+            "by your bank will be returned within a few days."
+        )
+    return (
+        f"The payment for {what} is still being confirmed by your bank. We will update your "
+        "wallet as soon as it clears; no need to pay again."
+    )
+
+
+def dashboard_url(base: str, payment_id: str, livemode: bool) -> str:
+    if payment_id.startswith("pi_"):
+        return f"{base.rstrip('/')}/{'' if livemode else 'test/'}payments/{payment_id}"
+    return f"{base.rstrip('/')}/{'' if livemode else 'test/'}search?query={payment_id}"
+
+
+def payment_state(payment: Payment | None) -> dict[str, Any] | None:
+    if payment is None:
+        return {"found": False}
+    return {
+        "found": True,
+        "id": payment.id,
+        "status": payment.status.value,
+        "amount": payment.amount,
+        "amount_received": payment.amount_received,
+        "currency": payment.currency,
+        "created": payment.created.isoformat(),
+        "last_payment_error": payment.last_payment_error,
+        "amount_refunded": payment.amount_refunded,
+        "disputed": payment.disputed,
+        "customer": payment.customer,
+        "livemode": payment.livemode,
+    }
+
+
+def entry_state(entry: Entry | None) -> dict[str, Any] | None:
+    if entry is None:
+        return {"found": False}
+    return {
+        "found": True,
+        "reference": entry.reference,
+        "status": entry.status.value,
+        "amount": entry.amount,
+        "committed_amount": entry.committed_amount,
+        "voided_amount": entry.voided_amount,
+        "currency": entry.currency,
+        "source": entry.source,
+        "destination": entry.destination,
+        "created_at": entry.created_at.isoformat(),
+    }
+
+
+@dataclass(frozen=True)
+class TicketFacts:
+    """Everything a ticket records about one discrepancy."""
+
+    payment_id: str
+    payment: Payment | None
+    entry: Entry | None
+    reason: str
+    now: datetime
+    dashboard_base: str = "https://dashboard.stripe.com"
+    summary: str | None = None
+
+    def values(self, spec: TicketSpec) -> dict[str, Any]:
+        p, e = self.payment, self.entry
+        currency = (p.currency if p else None) or (e.currency if e else None)
+        amount = (p.amount_received or p.amount) if p else (e.amount if e else None)
+        money = Money(amount, currency) if amount is not None and currency else None
+        age_from = e.created_at if e else (p.created if p else None)
+        age = f"{int((self.now - age_from).total_seconds() // 60)} min" if age_from else "?"
+        summary = self.summary or (
+            f"{spec.kind.value}: payment {self.payment_id} is "
+            f"{p.status.value if p else 'not found on Stripe'}; ledger "
+            f"{e.status.value + ' ' + Money(e.amount, e.currency).format() if e else 'has no record'}"
+            f"{' (Stripe: ' + money.format() + ')' if money and p else ''}; age {age}"
+        )
+        return {
+            "kind": spec.kind.value,
+            "severity": int(spec.severity),
+            "payment_id": self.payment_id,
+            "reference": e.reference if e else None,
+            "customer": p.customer if p else (e.metadata.get("customer") if e else None),
+            "customer_email": p.customer_email if p else None,
+            "balance": e.destination if e else (p.metadata.get("ledger_destination") if p else None),
+            "amount": amount,
+            "currency": currency,
+            "stripe_state": payment_state(p),
+            "ledger_state": entry_state(e),
+            "reason": self.reason,
+            "summary": summary,
+            "suggested_fix": _FIXES[spec.kind],
+            "customer_message": customer_message(p, money),
+            "dashboard_url": (
+                dashboard_url(self.dashboard_base, self.payment_id, p.livemode if p else False)
+                if spec.kind is not TicketKind.INCIDENT
+                else None
+            ),
+        }
+
+
+@dataclass(frozen=True)
+class Raised:
+    ticket_id: int
+    new: bool
+    severity_raised: bool
+
+
+def raise_ticket(
+    conn: Connection,
+    spec: TicketSpec,
+    facts: TicketFacts,
+    *,
+    run_id: int | None,
+    sinks: Sequence[str] = (),
+) -> Raised:
+    """Open a ticket, or bump the open one for the same (kind, payment)."""
+    values = facts.values(spec)
+    for _ in range(2):
+        row = (
+            conn.execute(
+                select(tickets.c.id, tickets.c.severity)
+                .where(
+                    tickets.c.kind == spec.kind.value,
+                    tickets.c.payment_id == facts.payment_id,
+                    tickets.c.status == OPEN,
+                )
+                .with_for_update()
+            )
+            .mappings()
+            .first()
+        )
+        if row is not None:
+            raised = int(spec.severity) > int(row["severity"])
+            conn.execute(
+                update(tickets)
+                .where(tickets.c.id == row["id"])
+                .values(
+                    occurrences=tickets.c.occurrences + 1,
+                    last_seen_at=facts.now,
+                    severity=max(int(spec.severity), int(row["severity"])),
+                    stripe_state=values["stripe_state"],
+                    ledger_state=values["ledger_state"],
+                    summary=values["summary"],
+                )
+            )
+            if raised:
+                _queue_delivery(conn, int(row["id"]), int(spec.severity), sinks, facts.now)
+            return Raised(int(row["id"]), new=False, severity_raised=raised)
+        # Two workers may find no open ticket at once; the partial unique index lets only one
+        # insert win and the loser goes round again and bumps the winner's ticket.
+        savepoint = conn.begin_nested()
+        try:
+            ticket_id = conn.execute(
+                tickets.insert()
+                .values(
+                    **values,
+                    status=OPEN,
+                    occurrences=1,
+                    run_id=run_id,
+                    opened_at=facts.now,
+                    last_seen_at=facts.now,
+                )
+                .returning(tickets.c.id)
+            ).scalar_one()
+        except IntegrityError:
+            savepoint.rollback()
+            continue
+        savepoint.commit()
+        _queue_delivery(conn, int(ticket_id), int(spec.severity), sinks, facts.now)
+        return Raised(int(ticket_id), new=True, severity_raised=False)
+    raise RuntimeError(f"could not open or find the {spec.kind} ticket for {facts.payment_id}")
+
+
+def _queue_delivery(
+    conn: Connection, ticket_id: int, severity: int, sinks: Sequence[str], now: datetime
+) -> None:
+    # An outbox row in the same transaction as the ticket: delivery happens later, never
+    # blocks reconciliation, and a ticket is never opened without its delivery queued.
+    for sink in sinks:
+        conn.execute(
+            deliveries.insert().values(
+                ticket_id=ticket_id,
+                sink=sink,
+                severity=severity,
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+            )
+        )
+
+
+def resolve_open(
+    conn: Connection,
+    payment_id: str,
+    *,
+    reason: str,
+    by: str,
+    now: datetime,
+    keep: TicketKind | None = None,
+) -> list[int]:
+    """Close every open ticket of this payment (but ``keep``'s kind): it is reconciled now."""
+    where = [tickets.c.payment_id == payment_id, tickets.c.status == OPEN]
+    if keep is not None:
+        where.append(tickets.c.kind != keep.value)
+    ids = [int(i) for i in conn.execute(select(tickets.c.id).where(*where)).scalars()]
+    if ids:
+        conn.execute(
+            update(tickets)
+            .where(tickets.c.id.in_(ids))
+            .values(status=RESOLVED, resolved_at=now, resolved_by=by, resolution=reason)
+        )
+    return ids
+
+
+def open_kinds(conn: Connection, payment_ids: Sequence[str]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for start in range(0, len(payment_ids), 500):
+        chunk = list(payment_ids[start : start + 500])
+        rows = conn.execute(
+            select(tickets.c.payment_id, tickets.c.kind).where(
+                tickets.c.payment_id.in_(chunk), tickets.c.status == OPEN
+            )
+        )
+        for pid, kind in rows:
+            out.setdefault(pid, set()).add(kind)
+    return out
+
+
+def get_ticket(conn: Connection, ticket_id: int) -> Mapping[str, Any] | None:
+    row = conn.execute(select(tickets).where(tickets.c.id == ticket_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def severity_label(value: int) -> str:
+    return Severity(value).label

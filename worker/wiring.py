@@ -1,0 +1,96 @@
+"""Builds the reconciliation services from Settings: one place that knows every knob."""
+
+from __future__ import annotations
+
+import threading
+
+from sqlalchemy import Connection
+
+from ledger.protocol import Ledger
+from ledger.sql import SqlLedger
+from reconcile.engine import Guard, Hooks, Services
+from reconcile.ratelimit import RateLimiter, make_rate_limiter
+from reconcile.stripe_gateway import StripeGateway
+from worker import metrics
+from worker.db import engine_for
+from worker.settings import Settings, get_settings
+
+_lock = threading.Lock()
+_cache: dict[int, Services] = {}
+
+
+class ConfigError(RuntimeError):
+    pass
+
+
+def sinks_of(settings: Settings) -> tuple[str, ...]:
+    out: list[str] = []
+    if settings.ticket_webhook_url:
+        out.append("webhook")
+    if settings.slack_webhook_url:
+        out.append("slack")
+    return tuple(out)
+
+
+def build_services(settings: Settings, *, enqueue: object = None) -> Services:
+    if settings.ledger != "sql":
+        raise ConfigError(
+            f"RECON_LEDGER={settings.ledger!r} is not available in this build; use 'sql'"
+        )
+    engine = engine_for(settings.database_url)
+    limiter: RateLimiter = make_rate_limiter(settings.redis_url, settings.stripe_rate_limit)
+    api_key = settings.stripe_api_key.get_secret_value()
+
+    def new_gateway() -> StripeGateway:
+        if not api_key:
+            raise ConfigError("STRIPE_API_KEY is not set: Stripe cannot be read")
+        return StripeGateway(
+            api_key,
+            settings.stripe_api_base,
+            limiter,
+            on_request=metrics.stripe_request,
+        )
+
+    def ledger_for(conn: Connection) -> Ledger:
+        return SqlLedger(conn)
+
+    return Services(
+        engine=engine,
+        ledger_for=ledger_for,
+        new_gateway=new_gateway,
+        policy=settings.policy(),
+        guard=Guard(
+            max_voids=settings.max_voids,
+            max_void_share=settings.max_void_share,
+            max_new_tickets=settings.max_new_tickets,
+            max_ticket_share=settings.max_ticket_share,
+        ),
+        sinks=sinks_of(settings),
+        dashboard_base=settings.dashboard_base,
+        sweep_min_age=settings.sweep_min_age,
+        sweep_batch=settings.sweep_batch,
+        hooks=Hooks(
+            action=metrics.count_action,
+            ticket=metrics.count_ticket,
+            run=metrics.count_run,
+            stripe_request=metrics.stripe_request,
+        ),
+        enqueue=enqueue,  # type: ignore[arg-type]
+    )
+
+
+def services(settings: Settings | None = None) -> Services:
+    """Per-process Services, built once per Settings object."""
+    s = settings or get_settings()
+    with _lock:
+        svc = _cache.get(id(s))
+        if svc is None:
+            svc = _cache[id(s)] = build_services(s)
+        return svc
+
+
+def reset() -> None:
+    with _lock:
+        _cache.clear()
+
+
