@@ -507,7 +507,9 @@ class SqlLedger:
             if int(total or 0) != 0:
                 out.append(Violation("zero_sum", f"{currency} balances sum to {total}, not 0"))
             if int(inflight or 0) != 0:
-                out.append(Violation("zero_sum_inflight", f"{currency} inflight sums to {inflight}"))
+                out.append(
+                    Violation("zero_sum_inflight", f"{currency} inflight sums to {inflight}")
+                )
         t = transactions
         bad = self.conn.execute(
             select(t.c.reference, t.c.amount, t.c.committed_amount, t.c.voided_amount, t.c.status)
@@ -543,7 +545,10 @@ class SqlLedger:
     def _balances_match_transactions(self) -> list[Violation]:
         """Each balance equals what its transactions say, applied and reserved alike."""
         t = transactions
-        reserved = case((t.c.status == "INFLIGHT", t.c.amount - t.c.committed_amount - t.c.voided_amount), else_=0)
+        reserved = case(
+            (t.c.status == "INFLIGHT", t.c.amount - t.c.committed_amount - t.c.voided_amount),
+            else_=0,
+        )
         expected: dict[str, list[int]] = {}
         for side, sign in ((t.c.destination, 1), (t.c.source, -1)):
             rows = self.conn.execute(

@@ -295,7 +295,9 @@ class Pass:
             "decision": {"action": d.action.value, "reason": str(d.reason)},
         }
 
-        def audit(action: str, amount: int | None, ref: str | None, ticket_id: int | None = None) -> None:
+        def audit(
+            action: str, amount: int | None, ref: str | None, ticket_id: int | None = None
+        ) -> None:
             record_audit(
                 conn,
                 run_id=run_id,
@@ -356,7 +358,12 @@ class Pass:
             ticket_id, ticket_new = raised.ticket_id, raised.new
             self._count("ticket_opened" if raised.new else "ticket_bumped")
             if raised.new or raised.severity_raised:
-                audit("ticket_opened" if raised.new else "ticket_escalated", None, reference, ticket_id)
+                audit(
+                    "ticket_opened" if raised.new else "ticket_escalated",
+                    None,
+                    reference,
+                    ticket_id,
+                )
         resolved: list[int] = []
         if d.resolves:
             resolved = tk.resolve_open(

@@ -71,7 +71,9 @@ def _begin(svc: Services, job: str, trigger: str, actor: str, dry_run: bool, **k
     )
 
 
-def _end(svc: Services, state: RunState, gateway: StripeGateway | None, p: Pass | None) -> RunResult:
+def _end(
+    svc: Services, state: RunState, gateway: StripeGateway | None, p: Pass | None
+) -> RunResult:
     status = finish_run(
         svc.engine, state, now=svc.clock(), stripe=gateway.snapshot() if gateway else None
     )
@@ -85,7 +87,9 @@ def _end(svc: Services, state: RunState, gateway: StripeGateway | None, p: Pass 
     )
 
 
-def _fail(svc: Services, state: RunState, gateway: StripeGateway | None, exc: BaseException) -> None:
+def _fail(
+    svc: Services, state: RunState, gateway: StripeGateway | None, exc: BaseException
+) -> None:
     state.errors.append(f"{type(exc).__name__}: {exc}")
     finish_run(
         svc.engine,
@@ -390,7 +394,9 @@ def run_scan(
 ) -> RunResult:
     """Succeeded PaymentIntents created in ``[since, until]``, each looked up in the ledger."""
     if until <= since:
-        raise ValueError(f"--until ({until.isoformat()}) must be after --since ({since.isoformat()})")
+        raise ValueError(
+            f"--until ({until.isoformat()}) must be after --since ({since.isoformat()})"
+        )
     if resume and trigger == "beat":
         # A partial scan left the part of its window it never reached; take it in now.
         with svc.engine.connect() as conn:
@@ -399,7 +405,9 @@ def run_scan(
             left = prev["resume"].get("until")
             if left:
                 since = min(since, datetime.fromisoformat(left))
-    state = _begin(svc, "scan_missing", trigger, actor, dry_run, window=(since, until), rerun_of=rerun_of)
+    state = _begin(
+        svc, "scan_missing", trigger, actor, dry_run, window=(since, until), rerun_of=rerun_of
+    )
     gw = svc.new_gateway()
     p = Pass(svc, run=state, actor=actor, dry_run=dry_run)
     page: list[Any] = []

@@ -76,9 +76,7 @@ def customer_message(payment: Payment | None, amount: Money | None) -> str | Non
     if payment is None:
         return None
     if payment.status is PaymentStatus.SUCCEEDED:
-        return (
-            f"We received {what}. Your wallet will update shortly; no need to pay again."
-        )
+        return f"We received {what}. Your wallet will update shortly; no need to pay again."
     if payment.status is PaymentStatus.CANCELED or payment.last_payment_error:
         return (
             f"The payment for {what} did not go through. Nothing was taken, or any amount held "
@@ -151,10 +149,12 @@ class TicketFacts:
         money = Money(amount, currency) if amount is not None and currency else None
         age_from = e.created_at if e else (p.created if p else None)
         age = f"{int((self.now - age_from).total_seconds() // 60)} min" if age_from else "?"
+        ledger_says = (
+            f"{e.status.value} {Money(e.amount, e.currency).format()}" if e else "has no record"
+        )
         summary = self.summary or (
             f"{spec.kind.value}: payment {self.payment_id} is "
-            f"{p.status.value if p else 'not found on Stripe'}; ledger "
-            f"{e.status.value + ' ' + Money(e.amount, e.currency).format() if e else 'has no record'}"
+            f"{p.status.value if p else 'not found on Stripe'}; ledger {ledger_says}"
             f"{' (Stripe: ' + money.format() + ')' if money and p else ''}; age {age}"
         )
         return {
@@ -164,7 +164,9 @@ class TicketFacts:
             "reference": e.reference if e else None,
             "customer": p.customer if p else (e.metadata.get("customer") if e else None),
             "customer_email": p.customer_email if p else None,
-            "balance": e.destination if e else (p.metadata.get("ledger_destination") if p else None),
+            "balance": e.destination
+            if e
+            else (p.metadata.get("ledger_destination") if p else None),
             "amount": amount,
             "currency": currency,
             "stripe_state": payment_state(p),

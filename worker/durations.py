@@ -20,9 +20,7 @@ def parse_duration(text: str | int | float | timedelta) -> timedelta:
         return timedelta(seconds=text)
     raw = str(text).strip().lower()
     if not raw or not re.fullmatch(r"(\d+[smhdw])+", raw):
-        raise BadDuration(
-            f"not a duration: {text!r} (write it like 0s, 90s, 10m, 2h, 3d or 1h30m)"
-        )
+        raise BadDuration(f"not a duration: {text!r} (write it like 0s, 90s, 10m, 2h, 3d or 1h30m)")
     return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in _PART.findall(raw)))
 
 

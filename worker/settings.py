@@ -75,7 +75,9 @@ class Settings(BaseSettings):
     catch_up_interval: Duration = Field(
         timedelta(minutes=15), validation_alias=_env("RECON_CATCH_UP_INTERVAL")
     )
-    scan_interval: Duration = Field(timedelta(hours=1), validation_alias=_env("RECON_SCAN_INTERVAL"))
+    scan_interval: Duration = Field(
+        timedelta(hours=1), validation_alias=_env("RECON_SCAN_INTERVAL")
+    )
     scan_window: Duration = Field(timedelta(hours=26), validation_alias=_env("RECON_SCAN_WINDOW"))
     redrive_interval: Duration = Field(
         timedelta(minutes=1), validation_alias=_env("RECON_REDRIVE_INTERVAL")
@@ -89,7 +91,9 @@ class Settings(BaseSettings):
 
     @property
     def webhook_secrets(self) -> list[str]:
-        return [s.strip() for s in self.stripe_webhook_secret.get_secret_value().split(",") if s.strip()]
+        return [
+            s.strip() for s in self.stripe_webhook_secret.get_secret_value().split(",") if s.strip()
+        ]
 
     def policy(self) -> Policy:
         return Policy(

@@ -92,5 +92,3 @@ def services(settings: Settings | None = None) -> Services:
 def reset() -> None:
     with _lock:
         _cache.clear()
-
-

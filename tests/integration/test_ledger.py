@@ -45,16 +45,16 @@ def run(engine: Engine, fn):
 def balances(engine: Engine) -> dict[str, tuple[int, int, int]]:
     return {
         b.name: (b.balance, b.inflight_credit, b.inflight_debit)
-        for b in run(engine, lambda l: l.balances())
+        for b in run(engine, lambda lg: lg.balances())
     }
 
 
 def assert_invariants(engine: Engine) -> None:
-    assert run(engine, lambda l: l.check_invariants()) == []
+    assert run(engine, lambda lg: lg.check_invariants()) == []
 
 
 def test_creates_an_inflight_transaction_that_reserves_but_does_not_move_money(db_engine):
-    txn = run(db_engine, lambda l: l.create(new(metadata={"customer": "cus_1"})))
+    txn = run(db_engine, lambda lg: lg.create(new(metadata={"customer": "cus_1"})))
     assert txn.status is TxnStatus.INFLIGHT
     assert (txn.amount, txn.committed_amount, txn.voided_amount) == (5000, 0, 0)
     assert txn.metadata == {"customer": "cus_1"}
@@ -63,7 +63,7 @@ def test_creates_an_inflight_transaction_that_reserves_but_does_not_move_money(d
 
 
 def test_creates_an_applied_transaction_directly(db_engine):
-    txn = run(db_engine, lambda l: l.create(new(inflight=False)))
+    txn = run(db_engine, lambda lg: lg.create(new(inflight=False)))
     assert txn.status is TxnStatus.APPLIED
     assert txn.committed_amount == 5000
     assert balances(db_engine) == {"@stripe": (-5000, 0, 0), "wallet:alice": (5000, 0, 0)}
@@ -72,26 +72,26 @@ def test_creates_an_applied_transaction_directly(db_engine):
 
 def test_keeps_an_expiry_time(db_engine):
     when = datetime(2026, 12, 1, 12, tzinfo=UTC)
-    txn = run(db_engine, lambda l: l.create(new(expires_at=when)))
+    txn = run(db_engine, lambda lg: lg.create(new(expires_at=when)))
     assert txn.expires_at == when
 
 
 def test_a_create_retried_with_the_same_terms_returns_the_same_transaction(db_engine):
-    first = run(db_engine, lambda l: l.create(new()))
-    again = run(db_engine, lambda l: l.create(new()))
+    first = run(db_engine, lambda lg: lg.create(new()))
+    again = run(db_engine, lambda lg: lg.create(new()))
     assert again.id == first.id
     assert balances(db_engine)["wallet:alice"] == (0, 5000, 0)
 
 
 def test_a_create_with_a_used_reference_and_other_terms_is_a_conflict(db_engine):
-    run(db_engine, lambda l: l.create(new()))
+    run(db_engine, lambda lg: lg.create(new()))
     with pytest.raises(ReferenceConflict):
-        run(db_engine, lambda l: l.create(new(amount=4999)))
+        run(db_engine, lambda lg: lg.create(new(amount=4999)))
 
 
 def test_commits_in_full(db_engine):
-    run(db_engine, lambda l: l.create(new()))
-    txn = run(db_engine, lambda l: l.commit("pi_1"))
+    run(db_engine, lambda lg: lg.create(new()))
+    txn = run(db_engine, lambda lg: lg.commit("pi_1"))
     assert txn.status is TxnStatus.APPLIED
     assert txn.committed_amount == 5000
     assert balances(db_engine) == {"@stripe": (-5000, 0, 0), "wallet:alice": (5000, 0, 0)}
@@ -99,78 +99,78 @@ def test_commits_in_full(db_engine):
 
 
 def test_commits_in_parts_until_the_amount_is_used_up(db_engine):
-    run(db_engine, lambda l: l.create(new()))
-    assert run(db_engine, lambda l: l.commit("pi_1", 2000)).status is TxnStatus.INFLIGHT
-    assert run(db_engine, lambda l: l.commit("pi_1", 1000)).committed_amount == 3000
-    last = run(db_engine, lambda l: l.commit("pi_1", 2000))
+    run(db_engine, lambda lg: lg.create(new()))
+    assert run(db_engine, lambda lg: lg.commit("pi_1", 2000)).status is TxnStatus.INFLIGHT
+    assert run(db_engine, lambda lg: lg.commit("pi_1", 1000)).committed_amount == 3000
+    last = run(db_engine, lambda lg: lg.commit("pi_1", 2000))
     assert (last.status, last.committed_amount) == (TxnStatus.APPLIED, 5000)
     with pytest.raises(AlreadyCommitted):
-        run(db_engine, lambda l: l.commit("pi_1", 1))
+        run(db_engine, lambda lg: lg.commit("pi_1", 1))
     assert_invariants(db_engine)
 
 
 def test_refuses_to_commit_more_than_is_left(db_engine):
-    run(db_engine, lambda l: l.create(new()))
-    run(db_engine, lambda l: l.commit("pi_1", 4000))
+    run(db_engine, lambda lg: lg.create(new()))
+    run(db_engine, lambda lg: lg.commit("pi_1", 4000))
     with pytest.raises(CommitAmountExceeded):
-        run(db_engine, lambda l: l.commit("pi_1", 1001))
-    assert run(db_engine, lambda l: l.get("pi_1")).committed_amount == 4000
+        run(db_engine, lambda lg: lg.commit("pi_1", 1001))
+    assert run(db_engine, lambda lg: lg.get("pi_1")).committed_amount == 4000
 
 
 def test_a_commit_retried_after_it_happened_is_a_no_op(db_engine):
-    run(db_engine, lambda l: l.create(new()))
-    run(db_engine, lambda l: l.commit("pi_1"))
-    again = run(db_engine, lambda l: l.commit("pi_1"))
+    run(db_engine, lambda lg: lg.create(new()))
+    run(db_engine, lambda lg: lg.commit("pi_1"))
+    again = run(db_engine, lambda lg: lg.commit("pi_1"))
     assert again.committed_amount == 5000
     assert balances(db_engine)["wallet:alice"] == (5000, 0, 0)
 
 
 def test_a_partial_commit_retried_with_its_key_is_a_no_op(db_engine):
-    run(db_engine, lambda l: l.create(new()))
-    run(db_engine, lambda l: l.commit("pi_1", 3000, idempotency_key="capture-1"))
-    again = run(db_engine, lambda l: l.commit("pi_1", 3000, idempotency_key="capture-1"))
+    run(db_engine, lambda lg: lg.create(new()))
+    run(db_engine, lambda lg: lg.commit("pi_1", 3000, idempotency_key="capture-1"))
+    again = run(db_engine, lambda lg: lg.commit("pi_1", 3000, idempotency_key="capture-1"))
     assert again.committed_amount == 3000
     assert_invariants(db_engine)
 
 
 def test_voids_an_inflight_transaction_and_releases_the_reservation(db_engine):
-    run(db_engine, lambda l: l.create(new()))
-    txn = run(db_engine, lambda l: l.void("pi_1"))
+    run(db_engine, lambda lg: lg.create(new()))
+    txn = run(db_engine, lambda lg: lg.void("pi_1"))
     assert (txn.status, txn.voided_amount) == (TxnStatus.VOID, 5000)
     assert balances(db_engine) == {"@stripe": (0, 0, 0), "wallet:alice": (0, 0, 0)}
-    assert run(db_engine, lambda l: l.void("pi_1")).voided_amount == 5000  # retry: no-op
+    assert run(db_engine, lambda lg: lg.void("pi_1")).voided_amount == 5000  # retry: no-op
     assert_invariants(db_engine)
 
 
 def test_void_after_a_partial_commit_releases_only_the_rest(db_engine):
-    run(db_engine, lambda l: l.create(new()))
-    run(db_engine, lambda l: l.commit("pi_1", 3000))
-    txn = run(db_engine, lambda l: l.void("pi_1"))
+    run(db_engine, lambda lg: lg.create(new()))
+    run(db_engine, lambda lg: lg.commit("pi_1", 3000))
+    txn = run(db_engine, lambda lg: lg.void("pi_1"))
     assert (txn.status, txn.committed_amount, txn.voided_amount) == (TxnStatus.APPLIED, 3000, 2000)
     assert balances(db_engine) == {"@stripe": (-3000, 0, 0), "wallet:alice": (3000, 0, 0)}
     assert_invariants(db_engine)
 
 
 def test_committing_a_voided_transaction_is_a_typed_error(db_engine):
-    run(db_engine, lambda l: l.create(new()))
-    run(db_engine, lambda l: l.void("pi_1"))
+    run(db_engine, lambda lg: lg.create(new()))
+    run(db_engine, lambda lg: lg.void("pi_1"))
     with pytest.raises(AlreadyVoided):
-        run(db_engine, lambda l: l.commit("pi_1"))
+        run(db_engine, lambda lg: lg.commit("pi_1"))
 
 
 def test_voiding_a_fully_committed_transaction_is_a_typed_error(db_engine):
-    run(db_engine, lambda l: l.create(new()))
-    run(db_engine, lambda l: l.commit("pi_1"))
+    run(db_engine, lambda lg: lg.create(new()))
+    run(db_engine, lambda lg: lg.commit("pi_1"))
     with pytest.raises(AlreadyCommitted):
-        run(db_engine, lambda l: l.void("pi_1"))
+        run(db_engine, lambda lg: lg.void("pi_1"))
 
 
 def test_operations_on_an_unknown_reference_raise_not_found(db_engine):
     with pytest.raises(TransactionNotFound):
-        run(db_engine, lambda l: l.commit("pi_nope"))
+        run(db_engine, lambda lg: lg.commit("pi_nope"))
     with pytest.raises(TransactionNotFound):
-        run(db_engine, lambda l: l.void("pi_nope"))
-    assert run(db_engine, lambda l: l.get("pi_nope")) is None
+        run(db_engine, lambda lg: lg.void("pi_nope"))
+    assert run(db_engine, lambda lg: lg.get("pi_nope")) is None
 
 
 @pytest.mark.parametrize(
@@ -185,50 +185,69 @@ def test_operations_on_an_unknown_reference_raise_not_found(db_engine):
 )
 def test_refuses_bad_input_and_writes_nothing(db_engine, kwargs, error):
     with pytest.raises(error):
-        run(db_engine, lambda l: l.create(new(**kwargs)))
+        run(db_engine, lambda lg: lg.create(new(**kwargs)))
     assert balances(db_engine) == {}
 
 
 def test_refuses_a_balance_in_another_currency(db_engine):
-    run(db_engine, lambda l: l.create(new()))
+    run(db_engine, lambda lg: lg.create(new()))
     with pytest.raises(CurrencyMismatch):
-        run(db_engine, lambda l: l.create(new("pi_2", currency="EUR")))
+        run(db_engine, lambda lg: lg.create(new("pi_2", currency="EUR")))
 
 
 def test_handles_zero_decimal_currencies_in_minor_units(db_engine):
-    txn = run(db_engine, lambda l: l.create(new(amount=500, currency="jpy", destination="w:jp")))
+    txn = run(db_engine, lambda lg: lg.create(new(amount=500, currency="jpy", destination="w:jp")))
     assert (txn.amount, txn.currency) == (500, "JPY")
-    assert run(db_engine, lambda l: l.commit(txn.reference)).committed_amount == 500
+    assert run(db_engine, lambda lg: lg.commit(txn.reference)).committed_amount == 500
 
 
 def test_finds_a_transaction_by_its_stripe_payment_intent_link(db_engine):
-    run(db_engine, lambda l: l.create(new("order-77", metadata={"stripe_payment_intent": "pi_9"})))
-    assert run(db_engine, lambda l: l.find_linked("pi_9")).reference == "order-77"
-    assert run(db_engine, lambda l: l.find_linked("order-77")).reference == "order-77"
-    assert run(db_engine, lambda l: l.find_linked("pi_other")) is None
+    run(
+        db_engine, lambda lg: lg.create(new("order-77", metadata={"stripe_payment_intent": "pi_9"}))
+    )
+    assert run(db_engine, lambda lg: lg.find_linked("pi_9")).reference == "order-77"
+    assert run(db_engine, lambda lg: lg.find_linked("order-77")).reference == "order-77"
+    assert run(db_engine, lambda lg: lg.find_linked("pi_other")) is None
 
 
 def test_claims_only_old_inflight_entries_and_not_twice_within_a_lease(db_engine):
     now = datetime.now(UTC)
     for i in range(5):
-        run(db_engine, lambda l, i=i: l.create(new(f"pi_{i}")))
-    run(db_engine, lambda l: l.commit("pi_0"))
+        run(db_engine, lambda lg, i=i: lg.create(new(f"pi_{i}")))
+    run(db_engine, lambda lg: lg.commit("pi_0"))
     later = now + timedelta(hours=1)
-    first = run(db_engine, lambda l: l.claim_inflight(later, 3, timedelta(minutes=5), later))
-    second = run(db_engine, lambda l: l.claim_inflight(later, 10, timedelta(minutes=5), later))
+    first = run(db_engine, lambda lg: lg.claim_inflight(later, 3, timedelta(minutes=5), later))
+    second = run(db_engine, lambda lg: lg.claim_inflight(later, 10, timedelta(minutes=5), later))
     assert len(first) == 3 and len(second) == 1
     assert {t.reference for t in first} | {t.reference for t in second} == {
-        "pi_1", "pi_2", "pi_3", "pi_4"
+        "pi_1",
+        "pi_2",
+        "pi_3",
+        "pi_4",
     }
-    assert run(db_engine, lambda l: l.claim_inflight(now - timedelta(hours=1), 10, timedelta(minutes=5), later)) == []
+    assert (
+        run(
+            db_engine,
+            lambda lg: lg.claim_inflight(now - timedelta(hours=1), 10, timedelta(minutes=5), later),
+        )
+        == []
+    )
     # A crashed claimer's lease runs out and the entries come back.
     after_lease = later + timedelta(minutes=6)
-    assert len(run(db_engine, lambda l: l.claim_inflight(after_lease, 10, timedelta(minutes=5), after_lease))) == 4
+    assert (
+        len(
+            run(
+                db_engine,
+                lambda lg: lg.claim_inflight(after_lease, 10, timedelta(minutes=5), after_lease),
+            )
+        )
+        == 4
+    )
 
 
 def test_concurrent_claimers_never_take_the_same_entry(pg_engine):
     for i in range(200):
-        run(pg_engine, lambda l, i=i: l.create(new(f"pi_{i:03}")))
+        run(pg_engine, lambda lg, i=i: lg.create(new(f"pi_{i:03}")))
     later = datetime.now(UTC) + timedelta(hours=1)
     taken: list[list[str]] = [[] for _ in range(4)]
     barrier = threading.Barrier(4)
@@ -236,7 +255,9 @@ def test_concurrent_claimers_never_take_the_same_entry(pg_engine):
     def claimer(slot: int) -> None:
         barrier.wait()
         while True:
-            batch = run(pg_engine, lambda l: l.claim_inflight(later, 7, timedelta(minutes=5), later))
+            batch = run(
+                pg_engine, lambda lg: lg.claim_inflight(later, 7, timedelta(minutes=5), later)
+            )
             if not batch:
                 return
             taken[slot].extend(t.reference for t in batch)
@@ -255,7 +276,7 @@ def test_concurrent_claimers_never_take_the_same_entry(pg_engine):
 def test_a_commit_and_a_void_racing_on_one_entry_have_exactly_one_winner(db_engine, rounds):
     for n in rounds:
         ref = f"pi_race_{n}"
-        run(db_engine, lambda l: l.create(new(ref)))
+        run(db_engine, lambda lg: lg.create(new(ref)))
         barrier = threading.Barrier(2)
         outcome: dict[str, object] = {}
 
@@ -279,20 +300,20 @@ def test_a_commit_and_a_void_racing_on_one_entry_have_exactly_one_winner(db_engi
         losers = [res for res in outcome.values() if res != "won"]
         assert len(winners) == 1, outcome
         assert len(losers) == 1 and isinstance(losers[0], AlreadyCommitted | AlreadyVoided)
-        final = run(db_engine, lambda l: l.get(ref))
+        final = run(db_engine, lambda lg: lg.get(ref))
         assert final.status is (TxnStatus.APPLIED if winners == ["commit"] else TxnStatus.VOID)
     assert_invariants(db_engine)
 
 
 def test_concurrent_partial_commits_never_exceed_the_amount(pg_engine):
-    run(pg_engine, lambda l: l.create(new(amount=1000)))
+    run(pg_engine, lambda lg: lg.create(new(amount=1000)))
     results: list[object] = []
     barrier = threading.Barrier(8)
 
     def take() -> None:
         barrier.wait()
         try:
-            run(pg_engine, lambda l: l.commit("pi_1", 300))
+            run(pg_engine, lambda lg: lg.commit("pi_1", 300))
             results.append("ok")
         except CommitAmountExceeded as exc:
             results.append(exc)
@@ -303,7 +324,7 @@ def test_concurrent_partial_commits_never_exceed_the_amount(pg_engine):
     for t in threads:
         t.join()
     assert results.count("ok") == 3
-    assert run(pg_engine, lambda l: l.get("pi_1")).committed_amount == 900
+    assert run(pg_engine, lambda lg: lg.get("pi_1")).committed_amount == 900
     assert_invariants(pg_engine)
 
 
@@ -312,10 +333,10 @@ def test_check_reports_a_balance_tampered_with_outside_the_ledger(db_engine):
 
     from ledger.sql import balances as balances_table
 
-    run(db_engine, lambda l: l.create(new(inflight=False)))
+    run(db_engine, lambda lg: lg.create(new(inflight=False)))
     with db_engine.begin() as conn:
         conn.execute(
             update(balances_table).where(balances_table.c.name == "wallet:alice").values(balance=1)
         )
-    rules = {v.rule for v in run(db_engine, lambda l: l.check_invariants())}
+    rules = {v.rule for v in run(db_engine, lambda lg: lg.check_invariants())}
     assert {"zero_sum", "balance_matches_transactions"} <= rules

@@ -42,8 +42,12 @@ def make_machine(engine):
             sp.commit()
             return out
 
-        @rule(ref=st.sampled_from(REFS), amount=st.integers(1, 10_000), dest=st.sampled_from(WALLETS),
-              inflight=st.booleans())
+        @rule(
+            ref=st.sampled_from(REFS),
+            amount=st.integers(1, 10_000),
+            dest=st.sampled_from(WALLETS),
+            inflight=st.booleans(),
+        )
         def create(self, ref, amount, dest, inflight):
             new = NewTransaction(ref, "@stripe", dest, amount, "USD", inflight=inflight)
             try:
@@ -52,7 +56,11 @@ def make_machine(engine):
                 assert ref in self.model
                 return
             if ref not in self.model:
-                self.model[ref] = {"amount": amount, "committed": 0 if inflight else amount, "voided": 0}
+                self.model[ref] = {
+                    "amount": amount,
+                    "committed": 0 if inflight else amount,
+                    "voided": 0,
+                }
             assert txn.amount == self.model[ref]["amount"]
 
         @precondition(lambda self: self.model)
@@ -109,7 +117,9 @@ def make_machine(engine):
 def test_random_operation_sequences_keep_the_invariants_on_postgresql(pg_engine):
     machine = make_machine(pg_engine)
     machine.TestCase.settings = settings(
-        max_examples=40, stateful_step_count=25, deadline=None,
+        max_examples=40,
+        stateful_step_count=25,
+        deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
     )
     machine.TestCase().runTest()
@@ -118,7 +128,9 @@ def test_random_operation_sequences_keep_the_invariants_on_postgresql(pg_engine)
 def test_random_operation_sequences_keep_the_invariants_on_sqlite(sqlite_engine):
     machine = make_machine(sqlite_engine)
     machine.TestCase.settings = settings(
-        max_examples=25, stateful_step_count=20, deadline=None,
+        max_examples=25,
+        stateful_step_count=20,
+        deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
     )
     machine.TestCase().runTest()

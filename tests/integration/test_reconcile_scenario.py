@@ -234,7 +234,9 @@ def test_dry_run_returns_the_plan_and_changes_nothing(pg_engine):
         planned = Counter(p["action"] for p in result.plan)
         assert planned["commit"] == 4  # ok + partial, two each
         assert planned["void"] == 4  # canceled + failed_old
-        assert any(p["ticket"] == {"kind": "unknown_payment", "severity": "high"} for p in result.plan)
+        assert any(
+            p["ticket"] == {"kind": "unknown_payment", "severity": "high"} for p in result.plan
+        )
         live = run_sweep(svc, trigger="cli", actor="bob")
         assert Counter(p["action"] for p in live.plan)["commit"] == 4
         assert len(kinds) == 38
@@ -247,8 +249,12 @@ def test_a_second_concurrent_sweep_does_nothing_twice(pg_engine):
         for n in range(150):
             created = ago(hours=2, seconds=n)
             stripe.state.create_payment_intent(
-                id=f"pi_c{n}", amount=100, currency="usd", status="succeeded",
-                created=epoch(created), record_events=False,
+                id=f"pi_c{n}",
+                amount=100,
+                currency="usd",
+                status="succeeded",
+                created=epoch(created),
+                record_events=False,
             )
             seed_entry(pg_engine, f"pi_c{n}", 100, created=created)
         svc = make_services(pg_engine, stripe.url, stripe.api_key, sweep_batch=20)
@@ -290,7 +296,12 @@ def test_half_the_requests_rate_limited_still_ends_correct(pg_engine):
     with run_server(rate_limit=10.0, rate_burst=1.0) as stripe:
         kinds = seed(pg_engine, stripe, per_kind=2)
         svc = make_services(
-            pg_engine, stripe.url, stripe.api_key, policy=POLICY, guard=ROOMY, rate=20.0,
+            pg_engine,
+            stripe.url,
+            stripe.api_key,
+            policy=POLICY,
+            guard=ROOMY,
+            rate=20.0,
             gateway_kw={"max_attempts": 4, "backoff_initial": 0.02, "backoff_max": 0.05},
         )
         statuses = []
@@ -311,7 +322,12 @@ def test_a_run_cut_short_by_stripe_is_partial_and_the_next_run_finishes_the_work
     with run_server() as stripe:
         kinds = seed(pg_engine, stripe, per_kind=3)
         svc = make_services(
-            pg_engine, stripe.url, stripe.api_key, policy=POLICY, guard=ROOMY, sweep_batch=10,
+            pg_engine,
+            stripe.url,
+            stripe.api_key,
+            policy=POLICY,
+            guard=ROOMY,
+            sweep_batch=10,
             gateway_kw={"max_attempts": 2, "backoff_initial": 0.01, "backoff_max": 0.02},
         )
         first = run_sweep(svc, trigger="beat", actor="system")
@@ -328,13 +344,19 @@ def test_a_run_cut_short_by_stripe_is_partial_and_the_next_run_finishes_the_work
 def test_create_missing_policy_credits_a_paid_payment_with_no_record(pg_engine):
     with run_server() as stripe:
         stripe.state.create_payment_intent(
-            id="pi_m", amount=1200, currency="jpy", status="succeeded", created=epoch(ago(hours=1)),
+            id="pi_m",
+            amount=1200,
+            currency="jpy",
+            status="succeeded",
+            created=epoch(ago(hours=1)),
             metadata={"ledger_destination": "wallet:cus_jp"},
         )
         svc = make_services(
             pg_engine, stripe.url, stripe.api_key, policy=Policy(create_missing=True)
         )
-        result = run_scan(svc, trigger="cli", actor="carol", since=ago(hours=2), until=ago(seconds=0))
+        result = run_scan(
+            svc, trigger="cli", actor="carol", since=ago(hours=2), until=ago(seconds=0)
+        )
     assert result.counts["create"] == 1
     assert snapshot(pg_engine) == {"pi_m": ("APPLIED", 1200, 0)}
     assert open_tickets(pg_engine) == []

@@ -36,14 +36,18 @@ def _parse_amount(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        fail(f"amount must be a whole number of minor units (e.g. 5000 for 50.00 USD), got {text!r}")
+        fail(
+            f"amount must be a whole number of minor units (e.g. 5000 for 50.00 USD), got {text!r}"
+        )
     if value <= 0:
         fail(f"amount must be positive, got {value}")
     return value
 
 
 def _show(txn: Transaction) -> None:
-    money = lambda n: Money(n, txn.currency).format()  # noqa: E731
+    def money(n: int) -> str:
+        return Money(n, txn.currency).format()
+
     kv(
         f"{txn.reference}  [{txn.status.value}]",
         [
@@ -121,7 +125,9 @@ def inflight(
 
 @app.command()
 def show(
-    reference: Annotated[str, typer.Argument(help="Transaction reference or linked PaymentIntent id.")],
+    reference: Annotated[
+        str, typer.Argument(help="Transaction reference or linked PaymentIntent id.")
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """Show one transaction, found by reference (or its stripe_payment_intent link)."""
@@ -157,7 +163,16 @@ def list_(
         return
     table(
         f"{len(txns)} transaction(s)",
-        ["reference", "status", "amount", "committed", "voided", "source", "destination", "created"],
+        [
+            "reference",
+            "status",
+            "amount",
+            "committed",
+            "voided",
+            "source",
+            "destination",
+            "created",
+        ],
         [
             (
                 t.reference,
@@ -253,7 +268,9 @@ def check(as_json: JsonOpt = False) -> None:
             [(v.rule, v.detail) for v in violations],
         )
     else:
-        console.print("[green]ledger invariants hold[/]: balances sum to zero per currency, "
-                      "no transaction over-committed or both committed and voided")
+        console.print(
+            "[green]ledger invariants hold[/]: balances sum to zero per currency, "
+            "no transaction over-committed or both committed and voided"
+        )
     if violations:
         raise typer.Exit(EXIT_ATTENTION)
