@@ -1,0 +1,590 @@
+"""`recon sweep|catch-up|scan|payment|replay|runs|rerun`: on-call runs any job by hand.
+
+Every job records its run (trigger "cli" or "rerun", actor = the operator).  A live run
+that could touch more than a handful of payments asks first; without a terminal it refuses
+unless --yes is given, so a script never changes the ledger by accident.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy import desc, select, update
+
+from ledger.money import Money
+from reconcile import inbox
+from reconcile.engine import Services, to_entry
+from reconcile.runs import RunResult, finish_run, get_run, start_run
+from reconcile.service import reconcile_payment, run_catch_up, run_scan, run_sweep
+from reconcile.stripe_gateway import StripeGateway, StripeGatewayError, _as_dict, _Missing
+from reconcile.tables import audit, runs
+from reconcile.tickets import entry_state, payment_state
+from worker.cli.context import app_state
+from worker.cli.output import (
+    EXIT_ATTENTION,
+    EXIT_USAGE,
+    console,
+    err_console,
+    fail,
+    kv,
+    print_json,
+    table,
+)
+from worker.durations import BadDuration, parse_duration, parse_when
+
+HANDFUL = 5  # a live run touching more payments than this asks first
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Show the plan; change nothing (the run is recorded).")
+]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+ByOpt = Annotated[str | None, typer.Option("--by", help="Operator name (default: your login).")]
+
+runs_app = typer.Typer(help="Recorded job runs.", invoke_without_command=True)
+
+
+# -- plumbing -------------------------------------------------------------------------------
+
+
+def _operator(by: str | None) -> str:
+    return (by or getpass.getuser() or "unknown").strip()
+
+
+def _services() -> tuple[Services, StripeGateway]:
+    from worker.wiring import ConfigError, build_services
+
+    try:
+        svc = build_services(app_state.settings)
+        # Built now, not inside the job, so a missing key is a one-line error rather than a
+        # run left "running".
+        return svc, svc.new_gateway()
+    except ConfigError as exc:
+        fail(str(exc))
+    except StripeGatewayError as exc:
+        fail(str(exc))
+
+
+def _when(text: str, what: str, now: datetime) -> datetime:
+    try:
+        return parse_when(text, now)
+    except BadDuration as exc:
+        fail(f"{what}: {exc}")
+
+
+def _confirm(question: str, yes: bool) -> None:
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail(f"{question}: pass --yes to go ahead, or --dry-run to see the plan first", EXIT_USAGE)
+    if not typer.confirm(question, default=False):
+        fail("aborted; nothing was changed", EXIT_USAGE)
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[Callable[[int], None]]:
+    """Rich progress on a terminal, a plain line every few seconds otherwise (logs, cron)."""
+    if err_console.is_terminal:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        with Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+            console=err_console, transient=True,
+        ) as bar:  # fmt: skip
+            task = bar.add_task(label, total=None)
+            yield lambda n: bar.update(task, description=f"{label}: {n}")
+        return
+    last = [0.0]
+
+    def line(n: int) -> None:
+        if time.monotonic() - last[0] >= 2.0:
+            last[0] = time.monotonic()
+            err_console.print(f"{label}: {n}", highlight=False)
+
+    yield line
+
+
+def _plan_rows(plan: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    rows = []
+    for p in plan:
+        t = p.get("ticket")
+        ticket = f"{t['kind']} ({t['severity']})" if t else ""
+        if p.get("ticket_id"):
+            ticket += f" #{p['ticket_id']}"
+        amount = p.get("commit_amount")
+        if p.get("void_remainder"):
+            amount = f"{amount} (+void rest)"
+        rows.append((p["payment_id"], p["action"], p["reason"], amount, ticket, p.get("error")))
+    return rows
+
+
+def _finish(
+    result: RunResult, dry_run: bool, as_json: bool, extra: dict[str, Any] | None = None
+) -> None:
+    """Print what the run did or would do; exit 1 when a person must look."""
+    if as_json:
+        print_json(
+            {
+                "run_id": result.run_id,
+                "status": result.status,
+                "dry_run": dry_run,
+                "counts": result.counts,
+                "errors": result.errors,
+                "plan": result.plan,
+                "attention": result.attention,
+                **(extra or {}),
+            }
+        )
+    else:
+        acting = [p for p in result.plan if p["action"] not in ("nothing", "matched", "wait")]
+        shown = result.plan if dry_run else acting
+        if shown:
+            table(
+                "plan (dry run: nothing was changed)" if dry_run else "actions",
+                ["payment", "action", "reason", "amount", "ticket", "error"],
+                _plan_rows(shown),
+            )
+        table(
+            f"run {result.run_id}: {result.status}{' (dry run)' if dry_run else ''}",
+            ["count", "n"],
+            sorted(result.counts.items()),
+        )
+        for err in result.errors[:20]:
+            err_console.print(f"[red]error:[/] {err}", highlight=False)
+        console.print(f"run id: {result.run_id}")
+    if result.attention:
+        raise typer.Exit(EXIT_ATTENTION)
+
+
+def _run_job(job: Callable[..., RunResult], label: str, **kw: Any) -> RunResult:
+    try:
+        with _progress(label) as progress:
+            return job(progress=progress, **kw)
+    except ValueError as exc:
+        fail(str(exc))
+    except StripeGatewayError as exc:
+        fail(f"Stripe: {exc}", EXIT_ATTENTION)
+
+
+# -- the jobs -------------------------------------------------------------------------------
+
+
+def _sweep(
+    older_than: timedelta | None,
+    limit: int | None,
+    dry_run: bool,
+    yes: bool,
+    actor: str,
+    as_json: bool,
+    rerun_of: int | None = None,
+) -> None:
+    svc, _ = _services()
+    age = older_than if older_than is not None else svc.sweep_min_age
+    if not dry_run:
+        with app_state.begin() as conn:
+            waiting = len(svc.ledger_for(conn).list_inflight(svc.clock() - age, HANDFUL + 1))
+        if waiting > HANDFUL and (limit is None or limit > HANDFUL):
+            _confirm(f"sweep will reconcile more than {HANDFUL} inflight entries", yes)
+    result = _run_job(
+        run_sweep,
+        "sweep",
+        svc=svc,
+        trigger="rerun" if rerun_of else "cli",
+        actor=actor,
+        dry_run=dry_run,
+        older_than=age,
+        limit=limit,
+        rerun_of=rerun_of,
+    )
+    _finish(result, dry_run, as_json)
+
+
+def sweep(
+    older_than: Annotated[
+        str | None, typer.Option("--older-than", help="Minimum entry age, e.g. 10m.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many entries.")] = None,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Reconcile inflight ledger entries older than --older-than (default RECON_SWEEP_MIN_AGE)."""
+    try:
+        age = parse_duration(older_than) if older_than is not None else None
+    except BadDuration as exc:
+        fail(f"--older-than: {exc}")
+    _sweep(age, limit, dry_run, yes, _operator(by), as_json)
+
+
+def _catch_up(
+    since: datetime | None, dry_run: bool, actor: str, as_json: bool, rerun_of: int | None = None
+) -> None:
+    svc, _ = _services()
+    result = _run_job(
+        run_catch_up,
+        "catch-up: events",
+        svc=svc,
+        trigger="rerun" if rerun_of else "cli",
+        actor=actor,
+        dry_run=dry_run,
+        since=since,
+        rerun_of=rerun_of,
+    )
+    _finish(result, dry_run, as_json)
+
+
+def catch_up(
+    since: Annotated[
+        str | None,
+        typer.Option(help="2h (that long ago) or ISO 8601; default: the stored cursor."),
+    ] = None,
+    dry_run: DryRunOpt = False,
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Feed Stripe events since --since into the inbox and process the new ones."""
+    # Events each name one payment and are processed exactly as webhooks are: no prompt.
+    when = _when(since, "--since", datetime.now(UTC)) if since else None
+    _catch_up(when, dry_run, _operator(by), as_json)
+
+
+def _scan(
+    since: datetime,
+    until: datetime,
+    dry_run: bool,
+    yes: bool,
+    actor: str,
+    as_json: bool,
+    rerun_of: int | None = None,
+) -> None:
+    if until <= since:
+        fail(f"--until ({until.isoformat()}) must be after --since ({since.isoformat()})")
+    svc, _ = _services()
+    if not dry_run:
+        # How many payments a window holds is unknown until it is listed: always ask.
+        _confirm(f"scan {since.isoformat()} .. {until.isoformat()} and act on what it finds", yes)
+    result = _run_job(
+        run_scan,
+        "scan: payments",
+        svc=svc,
+        trigger="rerun" if rerun_of else "cli",
+        actor=actor,
+        dry_run=dry_run,
+        since=since,
+        until=until,
+        rerun_of=rerun_of,
+    )
+    _finish(result, dry_run, as_json)
+
+
+def scan(
+    since: Annotated[str, typer.Option(help="3d (that long ago) or ISO 8601.")],
+    until: Annotated[str, typer.Option(help="Duration ago or ISO 8601 (default now).")] = "0s",
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find succeeded Stripe payments created in a window that have no ledger record."""
+    now = datetime.now(UTC)
+    start, end = _when(since, "--since", now), _when(until, "--until", now)
+    _scan(start, end, dry_run, yes, _operator(by), as_json)
+
+
+def _payment(
+    payment_id: str, dry_run: bool, actor: str, as_json: bool, rerun_of: int | None = None
+) -> None:
+    svc, gw = _services()
+    try:
+        before = gw.retrieve(payment_id)
+        with app_state.begin() as conn:
+            txn = svc.ledger_for(conn).find_linked(payment_id)
+        result, outcome = reconcile_payment(
+            svc,
+            payment_id,
+            actor=actor,
+            dry_run=dry_run,
+            trigger="rerun" if rerun_of else "cli",
+            gateway=gw,
+        )
+    except ValueError as exc:
+        fail(str(exc))
+    except StripeGatewayError as exc:
+        fail(f"Stripe: {exc}", EXIT_ATTENTION)
+    if rerun_of:
+        # reconcile_payment takes no rerun_of; link the run afterwards.
+        with app_state.begin() as conn:
+            conn.execute(update(runs).where(runs.c.id == result.run_id).values(rerun_of=rerun_of))
+    stripe_view, ledger_view = payment_state(before), entry_state(to_entry(txn))
+    d = outcome.decision
+    decision = {"action": d.action.value, "reason": str(d.reason)}
+    if not as_json:
+        _state_table("Stripe", stripe_view)
+        _state_table("ledger", ledger_view)
+        kv("decision", [("action", d.action.value), ("reason", str(d.reason))])
+    _finish(
+        result,
+        dry_run,
+        as_json,
+        {
+            "payment_id": payment_id,
+            "stripe": stripe_view,
+            "ledger": ledger_view,
+            "decision": decision,
+        },
+    )
+
+
+def _state_table(title: str, state: dict[str, Any] | None) -> None:
+    state = state or {"found": False}
+    if not state.get("found"):
+        kv(title, [("found", "no")])
+        return
+    pairs: list[tuple[str, Any]] = [(k, v) for k, v in state.items() if k != "found"]
+    cur = state.get("currency")
+    if cur and isinstance(state.get("amount"), int):
+        pairs.insert(0, ("formatted", Money(state["amount"], cur).format()))
+    kv(title, pairs)
+
+
+def payment(
+    payment_id: Annotated[str, typer.Argument(help="The PaymentIntent id, pi_...")],
+    dry_run: DryRunOpt = False,
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one payment on Stripe and in the ledger, the decision, then act on it."""
+    _payment(payment_id, dry_run, _operator(by), as_json)
+
+
+def retrieve_event(gw: StripeGateway, event_id: str) -> dict[str, Any] | None:
+    """GET /v1/events/{id} through the gateway's client (its retries and rate limit)."""
+    result = gw._call(
+        "events.retrieve", lambda: gw._client.v1.events.retrieve(event_id), missing_ok=True
+    )
+    return None if isinstance(result, _Missing) else _as_dict(result)
+
+
+def _replay(
+    event_id: str, dry_run: bool, actor: str, as_json: bool, rerun_of: int | None = None
+) -> None:
+    from reconcile.service import process_event
+
+    svc, gw = _services()
+    with app_state.begin() as conn:
+        row = inbox.load(conn, event_id)
+    stored = False
+    if row is None:
+        try:
+            event = retrieve_event(gw, event_id)
+        except StripeGatewayError as exc:
+            fail(f"Stripe: {exc}", EXIT_ATTENTION)
+        if event is None:
+            fail(f"event {event_id} is neither in the inbox nor on Stripe", EXIT_ATTENTION)
+        if dry_run:
+            # Nothing may be written, and process_event only reads stored events: rehearse
+            # on the payment the event names instead.
+            pid = inbox.payment_id_of(event)
+            if pid is None:
+                fail(
+                    f"event {event_id} ({event.get('type')}) names no PaymentIntent", EXIT_ATTENTION
+                )
+            console.print(f"dry run: event {event_id} would be stored; its payment {pid}:")
+            _payment(pid, True, actor, as_json)
+            return
+        with app_state.begin() as conn:
+            stored = inbox.store_event(conn, event, source="replay", now=svc.clock())
+    state = start_run(
+        svc.engine,
+        job="replay",
+        trigger="rerun" if rerun_of else "cli",
+        actor=actor,
+        dry_run=dry_run,
+        now=svc.clock(),
+        params={"event_id": event_id},
+        rerun_of=rerun_of,
+    )
+    try:
+        res = process_event(
+            svc, event_id, actor=actor, gateway=gw, dry_run=dry_run, force=True, run=state
+        )
+    except Exception as exc:  # recorded on the run and shown, not dumped as a trace
+        state.errors.append(f"{type(exc).__name__}: {exc}")
+        res = None
+    if res is not None:
+        state.counts["events_" + res.status] += 1
+    status = finish_run(svc.engine, state, now=svc.clock(), stripe=gw.snapshot())
+    plan = [res.outcome.as_plan()] if res is not None and res.outcome else []
+    result = RunResult(state.id, status, dict(state.counts), list(state.errors), plan)
+    if not as_json:
+        if stored:
+            console.print(f"event {event_id} fetched from Stripe and stored in the inbox")
+        if res is not None:
+            console.print(f"event {event_id}: {res.status} {res.detail} ({res.payment_id or '-'})")
+    _finish(
+        result,
+        dry_run,
+        as_json,
+        {"event_id": event_id, "event_status": res.status if res else "failed"},
+    )
+
+
+def replay(
+    event_id: Annotated[str, typer.Argument(help="Stripe event id, evt_...")],
+    dry_run: DryRunOpt = False,
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-process one event (fetched from Stripe when the inbox does not have it)."""
+    _replay(event_id, dry_run, _operator(by), as_json)
+
+
+# -- runs -----------------------------------------------------------------------------------
+
+
+def _run_dict(row: Any) -> dict[str, Any]:
+    d = dict(row)
+    d["window"] = {"start": d.get("window_start"), "end": d.get("window_end")}
+    return d
+
+
+@runs_app.callback()
+def runs_list(
+    ctx: typer.Context,
+    job: Annotated[
+        str | None, typer.Option(help="sweep, catch_up, scan_missing, payment...")
+    ] = None,
+    status: Annotated[str | None, typer.Option(help="running, succeeded, partial, failed.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10000)] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """List recent runs, newest first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    q = select(runs).order_by(desc(runs.c.id)).limit(limit)
+    if job:
+        q = q.where(runs.c.job == job.replace("-", "_"))
+    if status:
+        q = q.where(runs.c.status == status)
+    with app_state.begin() as conn:
+        rows = [_run_dict(r) for r in conn.execute(q).mappings()]
+    if as_json:
+        print_json(rows)
+        return
+    table(
+        f"{len(rows)} run(s)",
+        ["id", "job", "status", "trigger", "actor", "dry", "started", "took", "counts", "rerun of"],
+        [
+            (
+                r["id"],
+                r["job"],
+                r["status"],
+                r["trigger"],
+                r["actor"],
+                "yes" if r["dry_run"] else "",
+                r["started_at"].isoformat(timespec="seconds") if r["started_at"] else "",
+                f"{(r['finished_at'] - r['started_at']).total_seconds():.1f}s"
+                if r["finished_at"] and r["started_at"]
+                else "",
+                ", ".join(f"{k}={v}" for k, v in sorted((r["counts"] or {}).items())),
+                r["rerun_of"],
+            )
+            for r in rows
+        ],
+    )
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[int, typer.Argument(help="Run id.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """One run in full, with the audit rows (ledger actions) it recorded."""
+    with app_state.begin() as conn:
+        row = get_run(conn, run_id)
+        if row is None:
+            fail(f"no run {run_id}", EXIT_ATTENTION)
+        rows = [
+            dict(a)
+            for a in conn.execute(
+                select(audit).where(audit.c.run_id == run_id).order_by(audit.c.id)
+            ).mappings()
+        ]
+    run = _run_dict(row)
+    if as_json:
+        print_json({**run, "audit": rows})
+        return
+    kv(f"run {run_id}", [(k, v) for k, v in run.items() if k != "window"])
+    table(
+        f"{len(rows)} audit row(s)",
+        ["at", "payment", "action", "amount", "reason", "actor", "ticket"],
+        [
+            (
+                a["created_at"].isoformat(timespec="seconds"),
+                a["payment_id"],
+                a["action"],
+                Money(a["amount"], a["currency"]).format()
+                if a["amount"] is not None and a["currency"]
+                else "",
+                a["reason"],
+                a["actor"],
+                a["ticket_id"],
+            )
+            for a in rows
+        ],
+    )
+
+
+def rerun(
+    run_id: Annotated[int, typer.Argument(help="The run to repeat.")],
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    by: ByOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a recorded run's job again with the same window and parameters."""
+    with app_state.begin() as conn:
+        row = get_run(conn, run_id)
+    if row is None:
+        fail(f"no run {run_id}", EXIT_ATTENTION)
+    actor, params = _operator(by), dict(row["params"] or {})
+    start, end = row["window_start"], row["window_end"]
+    if start is not None and start.tzinfo is None:  # SQLite returns naive UTC
+        start = start.replace(tzinfo=UTC)
+    if end is not None and end.tzinfo is None:
+        end = end.replace(tzinfo=UTC)
+    match row["job"]:
+        case "sweep":
+            secs = params.get("older_than_seconds")
+            age = timedelta(seconds=int(secs)) if secs is not None else None
+            _sweep(age, params.get("limit"), dry_run, yes, actor, as_json, rerun_of=run_id)
+        case "catch_up":
+            _catch_up(start, dry_run, actor, as_json, rerun_of=run_id)
+        case "scan_missing":
+            if start is None or end is None:
+                fail(f"run {run_id} recorded no window to scan")
+            _scan(start, end, dry_run, yes, actor, as_json, rerun_of=run_id)
+        case "payment":
+            _payment(str(params["payment_id"]), dry_run, actor, as_json, rerun_of=run_id)
+        case "replay":
+            _replay(str(params["event_id"]), dry_run, actor, as_json, rerun_of=run_id)
+        case other:
+            fail(f"run {run_id} is a {other!r} run, which cannot be rerun from here")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(sweep)
+    app.command("catch-up")(catch_up)
+    app.command()(scan)
+    app.command()(payment)
+    app.command()(replay)
+    app.command()(rerun)
+    app.add_typer(runs_app, name="runs")
