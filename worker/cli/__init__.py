@@ -31,18 +31,48 @@ def _root() -> None:
     configure_logging()
 
 
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Run the webhook intake (POST /webhooks/stripe, /healthz, /readyz, /metrics)."""
+    import os
+    import tempfile
+
+    import uvicorn
+
+    settings = app_state.settings
+    if not settings.webhook_secrets:
+        fail("STRIPE_WEBHOOK_SECRET is not set: the intake cannot verify any webhook")
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several processes must pool their counters, or each scrape sees one worker's.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recon-metrics-")
+    uvicorn.run(
+        "worker.intake:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="warning",
+        access_log=False,
+    )
+
+
 @db_app.command()
 def upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Apply migrations (creates the schema on an empty database; no-op when up to date)."""
-    from worker.db import current_revision, upgrade as do_upgrade
+    from worker.db import current_revision
+    from worker.db import upgrade as do_upgrade
 
     url = app_state.settings.database_url
     before = current_revision(app_state.engine)
     try:
         do_upgrade(url, revision)
-    except Exception as exc:  # noqa: BLE001 - report, don't dump a trace at 3 a.m.
+    except Exception as exc:
         fail(f"migration failed: {exc}", 1)
     after = current_revision(app_state.engine)
     if before == after:
