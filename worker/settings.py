@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         timedelta(minutes=1), validation_alias=_env("RECON_REDRIVE_INTERVAL")
     )
     redrive_age: Duration = Field(timedelta(minutes=2), validation_alias=_env("RECON_REDRIVE_AGE"))
+    deliver_interval: Duration = Field(
+        timedelta(seconds=30), validation_alias=_env("RECON_DELIVER_INTERVAL")
+    )
+    # Webhooks grouped into one commit by the intake (1 = one commit per webhook).
+    intake_batch: int = Field(100, validation_alias=_env("RECON_INTAKE_BATCH"), ge=0, le=1000)
     sweep_batch: int = Field(100, validation_alias=_env("RECON_SWEEP_BATCH"), gt=0, le=1000)
 
     dashboard_base: str = Field(

@@ -38,26 +38,19 @@ def serve(
     workers: Annotated[int, typer.Option(min=1, max=64, help="uvicorn worker processes.")] = 1,
 ) -> None:
     """Run the webhook intake (POST /webhooks/stripe, /healthz, /readyz, /metrics)."""
-    import os
-    import tempfile
-
-    import uvicorn
+    from worker.intake import serve as run_intake
 
     settings = app_state.settings
     if not settings.webhook_secrets:
         fail("STRIPE_WEBHOOK_SECRET is not set: the intake cannot verify any webhook")
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        # Several processes must pool their counters, or each scrape sees one worker's.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recon-metrics-")
-    uvicorn.run(
-        "worker.intake:create_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="warning",
-        access_log=False,
-    )
+    if settings.broker_url is None and workers == 1:
+        # Embedded mode: no Celery beat, so this process runs the periodic jobs itself.
+        from worker.queue import start_in_process_beat
+
+        start_in_process_beat()
+    # worker.intake.serve binds the socket itself: uvicorn's own multi-worker mode leaves
+    # Nagle on and adds ~40 ms to every answer; it also pools metrics across workers.
+    run_intake(host=host, port=port, workers=workers, log_level="warning")
 
 
 @db_app.command()

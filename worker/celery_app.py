@@ -1,0 +1,110 @@
+"""The Celery application: ``celery -A worker.celery_app worker`` / ``beat``.
+
+Delivery guarantees: tasks are acknowledged only after they finish (``acks_late``) and
+re-queued when the worker process dies (``reject_on_worker_lost``); with one message
+prefetched per process a dead worker strands at most one message, which Redis hands out
+again after ``visibility_timeout``.  That timeout must exceed the longest task, or Redis
+would hand a still-running task to a second worker: tasks are hard-limited below it.  Every
+task is idempotent, so the redelivery that these settings allow is harmless.
+
+Without ``RECON_BROKER_URL`` the app points at the in-memory transport so that it still
+imports and a worker still starts, but nothing is sent through it: ``worker.queue`` runs
+tasks on an in-process thread pool instead (see there).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging, worker_init, worker_process_shutdown
+
+from worker.logs import configure_logging
+from worker.settings import Settings, get_settings
+
+VISIBILITY_TIMEOUT = 2 * 3600
+TASK_TIME_LIMIT = VISIBILITY_TIMEOUT - 10 * 60
+TASK_SOFT_TIME_LIMIT = TASK_TIME_LIMIT - 5 * 60
+IN_PROCESS_BROKER = "memory://"
+
+
+def make_app(
+    settings: Settings | None = None, *, queue: str | None = None, set_as_current: bool = True
+) -> Celery:
+    """A configured app.  Tests make their own (another broker, a queue of their own)."""
+    from worker.tasks import beat_schedule
+
+    settings = settings or get_settings()
+    app = Celery("stripe_recon", set_as_current=set_as_current)
+    conf: dict[str, Any] = {
+        "broker_url": settings.broker_url or IN_PROCESS_BROKER,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": TASK_TIME_LIMIT,
+        "task_soft_time_limit": TASK_SOFT_TIME_LIMIT,
+        "broker_transport_options": {
+            "visibility_timeout": VISIBILITY_TIMEOUT,
+            "socket_connect_timeout": 3,
+        },
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 3,
+        # The intake publishes after its commit while Stripe waits for the answer; a broker
+        # that is down must fail fast there (redrive re-sends), not stall the request.
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "timezone": "UTC",
+        "enable_utc": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "beat_schedule": beat_schedule(settings),
+        "include": ["worker.tasks"],
+        # Read by worker.queue: no broker means tasks run in this process.
+        "recon_in_process": settings.broker_url is None,
+    }
+    if queue:
+        conf["task_default_queue"] = queue
+    app.conf.update(conf)
+    return app
+
+
+def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, str) else loglevel
+    configure_logging(level=level if isinstance(level, int) else logging.INFO)
+    # Celery's own lines ("ready", task failures) at the level asked on the command line.
+    logging.getLogger("celery").setLevel(level if isinstance(level, int) else logging.INFO)
+
+
+def _serve_metrics(**_: Any) -> None:
+    port = os.environ.get("RECON_METRICS_PORT")
+    if port:
+        from worker.metrics import serve_metrics
+
+        serve_metrics(int(port))
+
+
+def _child_exited(pid: int | None = None, **_: Any) -> None:
+    from worker.metrics import process_exited
+
+    process_exited(pid or os.getpid())
+
+
+# Connected so Celery leaves logging to us: one structlog configuration, with redaction.
+setup_logging.connect(_setup_logging)
+# The main worker process serves the scrape target; it outlives the pool's children.
+worker_init.connect(_serve_metrics)
+worker_process_shutdown.connect(_child_exited)
+
+
+app = make_app()

@@ -1,0 +1,174 @@
+"""Prometheus metrics.  The names are a contract: alert rules in deploy/ refer to them.
+
+Several uvicorn or Celery worker processes: set ``PROMETHEUS_MULTIPROC_DIR`` to an empty
+directory writable by all of them *before* they start (prometheus_client picks its value
+store at import time).  Each process then writes its samples to files there, and
+:func:`render` aggregates every process's files on each scrape.  Gauges use
+``livemostrecent``: the inbox gauges are set by whichever process serves the scrape, so
+the most recent live value is the true one.
+
+Celery workers: set ``RECON_METRICS_PORT`` and the worker's main process serves /metrics
+there (with ``PROMETHEUS_MULTIPROC_DIR`` set, the prefork children's samples included).
+
+The helpers (``count_action`` ...) are plain functions so that code in ``reconcile/``,
+which must not import this module, can be handed them as callbacks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = [
+    "ACTIONS",
+    "CONTENT_TYPE_LATEST",
+    "ENQUEUE_FAILURES",
+    "INBOX_LAG",
+    "INBOX_UNPROCESSED",
+    "RUNS",
+    "STRIPE_REQUESTS",
+    "TASK_DURATION",
+    "TICKETS_OPENED",
+    "WEBHOOKS",
+    "WEBHOOK_OUTCOMES",
+    "count_action",
+    "count_enqueue_failure",
+    "count_run",
+    "count_ticket",
+    "count_webhook",
+    "observe_task",
+    "process_exited",
+    "registry",
+    "render",
+    "serve_metrics",
+    "set_inbox_lag",
+    "stripe_request",
+]
+
+WEBHOOK_OUTCOMES = frozenset(
+    {
+        "accepted",
+        "duplicate",
+        "bad_signature",
+        "stale",
+        "invalid",
+        "too_large",
+        "db_unavailable",
+        "error",
+    }
+)
+
+WEBHOOKS = Counter(
+    "recon_webhooks_received_total",
+    "Stripe webhook deliveries by event type and outcome",
+    ["type", "outcome"],
+)
+INBOX_LAG = Gauge(
+    "recon_inbox_lag_seconds",
+    "Age of the oldest unprocessed inbox event (0 when none), measured at scrape time",
+    multiprocess_mode="livemostrecent",
+)
+INBOX_UNPROCESSED = Gauge(
+    "recon_inbox_unprocessed",
+    "Inbox events pending or failed, measured at scrape time",
+    multiprocess_mode="livemostrecent",
+)
+ACTIONS = Counter("recon_actions_total", "Reconciliation actions taken", ["action"])
+TICKETS_OPENED = Counter(
+    "recon_tickets_opened_total", "Discrepancy tickets opened", ["kind", "severity"]
+)
+STRIPE_REQUESTS = Counter(
+    "recon_stripe_requests_total",
+    "Stripe API requests by endpoint and outcome (ok, not_found, rate_limited, ...)",
+    ["endpoint", "outcome"],
+)
+RUNS = Counter("recon_runs_total", "Job runs by job and final status", ["job", "status"])
+TASK_DURATION = Histogram(
+    "recon_task_duration_seconds",
+    "Celery task durations",
+    ["task"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
+ENQUEUE_FAILURES = Counter(
+    "recon_enqueue_failures_total",
+    "Inbox events committed but not handed to the queue (redrive will pick them up)",
+)
+
+
+def count_webhook(event_type: str, outcome: str) -> None:
+    WEBHOOKS.labels(type=event_type or "unknown", outcome=outcome).inc()
+
+
+def count_action(action: str) -> None:
+    ACTIONS.labels(action=str(action)).inc()
+
+
+def count_ticket(kind: str, severity: str | int) -> None:
+    TICKETS_OPENED.labels(kind=str(kind), severity=str(severity)).inc()
+
+
+def stripe_request(endpoint: str, outcome: str) -> None:
+    STRIPE_REQUESTS.labels(endpoint=endpoint, outcome=outcome).inc()
+
+
+def count_run(job: str, status: str) -> None:
+    RUNS.labels(job=job, status=status).inc()
+
+
+def count_enqueue_failure(n: int = 1) -> None:
+    ENQUEUE_FAILURES.inc(n)
+
+
+def observe_task(task: str, seconds: float) -> None:
+    TASK_DURATION.labels(task=task).observe(seconds)
+
+
+def set_inbox_lag(unprocessed: int, oldest_age_seconds: float) -> None:
+    INBOX_UNPROCESSED.set(unprocessed)
+    INBOX_LAG.set(oldest_age_seconds)
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def registry() -> CollectorRegistry:
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        collecting = CollectorRegistry()
+        multiprocess.MultiProcessCollector(collecting)  # type: ignore[no-untyped-call]
+        return collecting
+    return REGISTRY
+
+
+def serve_metrics(port: int, addr: str = "0.0.0.0") -> None:  # noqa: S104 - a scrape target
+    """Expose /metrics on its own port (Celery workers have no HTTP server of their own)."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, addr=addr, registry=registry())
+
+
+def process_exited(pid: int) -> None:
+    """Drop a dead process's live gauges (multiprocess mode only)."""
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def render(before: Callable[[], None] | None = None) -> bytes:
+    """The exposition text; ``before`` runs first (to refresh gauges measured on scrape)."""
+    if before is not None:
+        before()
+    return generate_latest(registry())
