@@ -19,6 +19,27 @@ _SECRET_TEXT = re.compile(
 _configured = False
 
 
+class _StderrLogger:
+    """Writes to whatever ``sys.stderr`` is *now*.
+
+    structlog's PrintLogger keeps the stream it was created with; when that stream is
+    swapped out and closed (a test runner capturing output, a daemonised process), every
+    later log call would raise and take the request or task down with it.
+    """
+
+    def msg(self, message: str) -> None:
+        try:
+            print(message, file=sys.stderr, flush=True)
+        except (ValueError, OSError):
+            pass  # a closed or broken stderr must never fail the work being logged
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+def _logger_factory(*_: Any) -> _StderrLogger:
+    return _StderrLogger()
+
+
 def redact_text(text: str) -> str:
     return _SECRET_TEXT.sub("***", text)
 
@@ -66,7 +87,7 @@ def configure_logging(json: bool | None = None, level: int = logging.INFO) -> No
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_logger_factory,
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(

@@ -33,3 +33,18 @@ def test_reads_a_time_as_iso_or_as_a_duration_before_now():
     assert parse_when("2026-11-22T03:00:00", now).tzinfo is UTC
     with pytest.raises(BadDuration):
         parse_when("yesterday", now)
+
+
+def test_logging_survives_a_closed_stderr(monkeypatch, capsys):
+    import io
+
+    from worker.logs import _StderrLogger
+
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr("sys.stderr", closed)
+    _StderrLogger().info("still fine")  # must not raise
+    live = io.StringIO()
+    monkeypatch.setattr("sys.stderr", live)
+    _StderrLogger().info("written")
+    assert live.getvalue() == "written\n"

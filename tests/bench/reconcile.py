@@ -1,0 +1,208 @@
+"""Stripe API calls per reconciled payment, and sweep wall time against the rate-limit floor.
+
+    python -m tests.bench.reconcile [--dense 10000] [--sparse 200] [--stripe-total 10000]
+
+Two cases, each in its own throwaway PostgreSQL schema (dropped after) with its own local
+Stripe-compatible server (no rate limit: the floor is computed, not waited for):
+
+- dense: N succeeded PaymentIntents created over ~3 hours, and the N matching INFLIGHT
+  ledger entries; one ``run_sweep`` must commit every one of them;
+- sparse: the same number of Stripe payments spread over 30 days, of which only a few
+  hundred have an INFLIGHT ledger entry: listing would waste pages, so retrieves win.
+
+Reported: payments reconciled, Stripe calls (counted by the server), calls per payment,
+wall time, and the floor the Stripe read rate limit sets (calls / 25 rps in test mode,
+calls / 100 rps live) beside the wall time.  Every entry must end APPLIED and the ledger
+invariants must hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import create_engine, func, select, text
+
+from ledger.sql import SqlLedger, transactions
+from reconcile.service import run_sweep
+from tests.bench.ledger import bulk_seed_inflight
+from tests.stripe_server import run_server
+from tests.support import make_services
+from worker.db import make_engine, normalize_url
+from worker.schema import all_metadata
+
+PG_URL = os.environ.get(
+    "RECON_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+TEST_MODE_RPS = 25
+LIVE_MODE_RPS = 100
+
+
+@contextlib.contextmanager
+def throwaway_schema() -> Iterator[str]:
+    schema = "recon_bench_" + uuid.uuid4().hex[:8]
+    admin = create_engine(normalize_url(PG_URL))
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in PG_URL else "?"
+    url = f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    try:
+        yield url
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def _case(
+    label: str,
+    stripe_created: Sequence[int],
+    ledger_picks: Sequence[int],
+    sweep_batch: int,
+) -> dict[str, Any]:
+    """Seed Stripe with one succeeded PaymentIntent per ``stripe_created`` second and the
+    ledger with INFLIGHT entries for the indexes in ``ledger_picks``; sweep once."""
+    tag = uuid.uuid4().hex[:6]
+    pis = [
+        {
+            "id": f"pi_{tag}_{i:06}",
+            "amount": 1000 + i % 997,
+            "currency": "usd",
+            "status": "succeeded",
+            "created": created,
+            "customer": f"cus_{i % 500}",
+        }
+        for i, created in enumerate(stripe_created)
+    ]
+    entries = [
+        (
+            pis[i]["id"],
+            "@stripe",
+            f"wallet:cus_{i % 500}",
+            pis[i]["amount"],
+            datetime.fromtimestamp(pis[i]["created"], UTC),
+        )
+        for i in ledger_picks
+    ]
+    with throwaway_schema() as url, run_server(rate_limit=None) as srv:
+        engine = make_engine(url, pool_size=4, max_overflow=2)
+        try:
+            for md in all_metadata():
+                md.create_all(engine)
+            t0 = time.perf_counter()
+            srv.state.seed_payment_intents(pis)
+            with engine.begin() as conn:
+                bulk_seed_inflight(conn, entries)
+                conn.execute(text("ANALYZE"))
+            seed_s = time.perf_counter() - t0
+            svc = make_services(
+                engine,
+                srv.url,
+                srv.api_key,
+                rate=10_000.0,
+                sweep_batch=sweep_batch,
+            )
+            before = srv.calls()
+            t0 = time.perf_counter()
+            result = run_sweep(svc, trigger="bench", actor="bench", older_than=timedelta(0))
+            wall = time.perf_counter() - t0
+            calls = srv.calls() - before
+            by_endpoint = {
+                ep: srv.calls(ep) for ep in ("payment_intents.list", "payment_intents.retrieve")
+            }
+            with engine.connect() as conn:
+                by_status = dict(
+                    conn.execute(
+                        select(transactions.c.status, func.count()).group_by(transactions.c.status)
+                    ).all()
+                )
+                violations = SqlLedger(conn).check_invariants()
+        finally:
+            engine.dispose()
+    applied = int(by_status.get("APPLIED", 0))
+    n = len(entries)
+    return {
+        "case": label,
+        "stripe_payments": len(pis),
+        "ledger_entries": n,
+        "sweep_batch": sweep_batch,
+        "run_status": result.status,
+        "counts": result.counts,
+        "reconciled": applied,
+        "all_applied": applied == n,
+        "invariants_ok": not violations,
+        "violations": [str(v) for v in violations[:5]],
+        "stripe_calls": calls,
+        "calls_by_endpoint": by_endpoint,
+        "calls_per_payment": round(calls / n, 4) if n else None,
+        "wall_seconds": round(wall, 2),
+        "seed_seconds": round(seed_s, 2),
+        "payments_per_second": round(applied / wall, 1) if wall else None,
+        "floor_test_mode_s": round(calls / TEST_MODE_RPS, 2),
+        "floor_live_mode_s": round(calls / LIVE_MODE_RPS, 2),
+        "wall_over_test_floor": round(wall / (calls / TEST_MODE_RPS), 2) if calls else None,
+    }
+
+
+def run(
+    dense: int = 10_000,
+    sparse: int = 200,
+    stripe_total: int = 10_000,
+    sweep_batch: int = 100,
+    seed: int = 7,
+) -> dict[str, Any]:
+    rng = random.Random(seed)
+    end = int(datetime.now(UTC).timestamp()) - 3600
+    # dense: N payments over ~3 hours, every one in the ledger
+    span = 3 * 3600
+    dense_created = sorted(end - span + rng.randrange(span) for _ in range(dense))
+    out: dict[str, Any] = {
+        "dense": _case("dense", dense_created, range(dense), sweep_batch),
+    }
+    if sparse:
+        span = 30 * 86400 - 7200
+        sparse_created = sorted(end - span + rng.randrange(span) for _ in range(stripe_total))
+        picks = sorted(rng.sample(range(stripe_total), min(sparse, stripe_total)))
+        out["sparse"] = _case("sparse", sparse_created, picks, sweep_batch)
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        "Stripe API calls per reconciled payment (one run_sweep, local Stripe server)",
+        f"{'case':7} {'stripe':>7} {'ledger':>7} {'applied':>7} {'calls':>6} {'calls/pmt':>9} "
+        f"{'wall s':>7} {'floor25 s':>9} {'floor100 s':>10} {'ok':>3}",
+    ]
+    for r in results.values():
+        ok = r["all_applied"] and r["invariants_ok"]
+        lines.append(
+            f"{r['case']:7} {r['stripe_payments']:>7} {r['ledger_entries']:>7} "
+            f"{r['reconciled']:>7} {r['stripe_calls']:>6} {r['calls_per_payment']:>9.4f} "
+            f"{r['wall_seconds']:>7.2f} {r['floor_test_mode_s']:>9.2f} "
+            f"{r['floor_live_mode_s']:>10.2f} {'yes' if ok else 'NO':>3}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dense", type=int, default=10_000)
+    ap.add_argument("--sparse", type=int, default=200)
+    ap.add_argument("--stripe-total", type=int, default=10_000)
+    ap.add_argument("--sweep-batch", type=int, default=100)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    res = run(a.dense, a.sparse, a.stripe_total, a.sweep_batch)
+    print(json.dumps(res, indent=2) if a.json else table(res))
+
+
+if __name__ == "__main__":
+    main()
