@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -28,10 +29,9 @@ class _StderrLogger:
     """
 
     def msg(self, message: str) -> None:
-        try:
+        # A closed or broken stderr must never fail the work being logged.
+        with contextlib.suppress(ValueError, OSError):
             print(message, file=sys.stderr, flush=True)
-        except (ValueError, OSError):
-            pass  # a closed or broken stderr must never fail the work being logged
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
