@@ -333,13 +333,18 @@ def test_an_overlapping_run_of_a_periodic_job_is_skipped(pg_engine, monkeypatch)
 
 def test_the_beat_schedule_runs_each_periodic_job_at_its_configured_interval() -> None:
     settings = Settings(
-        sweep_interval="5m", catch_up_interval="15m", scan_interval="1h", redrive_interval="0s"
+        sweep_interval="5m",
+        catch_up_interval="15m",
+        scan_interval="1h",
+        redrive_interval="0s",
+        deliver_interval="30s",
     )
     schedule = tasks.beat_schedule(settings)
     assert {name: entry["schedule"] for name, entry in schedule.items()} == {
         "recon.sweep": 300.0,
         "recon.catch_up": 900.0,
         "recon.scan_missing": 3600.0,
+        "tickets.deliver": 30.0,
     }
     app = celery_module.make_app(settings, set_as_current=False)
     assert app.conf.beat_schedule == schedule
