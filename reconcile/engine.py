@@ -315,16 +315,15 @@ class Pass:
 
         reference = txn.reference if txn else None
         if d.action is Action.COMMIT and txn is not None:
+            after = txn
             if d.commit_amount:
-                ledger.commit(
-                    txn.reference, d.commit_amount, idempotency_key=f"recon:commit:{payment_id}"
-                )
+                # No idempotency key needed: the entry is locked and the decision was taken
+                # on what the lock shows, so a retry computes what is left (nothing).
+                after = ledger.commit(txn.reference, d.commit_amount)
                 audit("commit", d.commit_amount, txn.reference)
-            if d.void_remainder:
-                after = ledger.get(txn.reference)
-                if after is not None and after.status is TxnStatus.INFLIGHT:
-                    ledger.void(txn.reference)
-                    audit("void_remainder", after.remaining, txn.reference)
+            if d.void_remainder and after.status is TxnStatus.INFLIGHT:
+                ledger.void(txn.reference)
+                audit("void_remainder", after.remaining, txn.reference)
         elif d.action is Action.VOID and txn is not None:
             ledger.void(txn.reference)
             audit("void", txn.remaining, txn.reference)
