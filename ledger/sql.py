@@ -549,12 +549,13 @@ class SqlLedger:
                     out[link] = txn
         return out
 
-    def release(self, reference: str) -> None:
-        self.conn.execute(
-            update(transactions)
-            .where(transactions.c.reference == reference)
-            .values(claimed_until=None)
-        )
+    def release(self, references: Sequence[str]) -> None:
+        if references:
+            self.conn.execute(
+                update(transactions)
+                .where(transactions.c.reference.in_(list(references)))
+                .values(claimed_until=None)
+            )
 
     def list_transactions(
         self, status: TxnStatus | None = None, limit: int = 100, offset: int = 0

@@ -210,6 +210,16 @@ class Pass:
         now = self.svc.clock()
         with self.svc.engine.connect() as conn:
             open_by_payment = tk.open_kinds(conn, [i.payment_id for i in items])
+            conn.rollback()
+            self._plan_and_act(conn, items, open_by_payment, now)
+
+    def _plan_and_act(
+        self,
+        conn: Connection,
+        items: Sequence[Item],
+        open_by_payment: Mapping[str, set[str]],
+        now: datetime,
+    ) -> None:
         planned: list[tuple[Item, Decision]] = []
         voids = new_tickets = 0
         for item in items:
@@ -236,7 +246,8 @@ class Pass:
                 or (d.resolves and bool(open_by_payment.get(item.payment_id)))
             )
             if needs_act:
-                self.apply(item.payment_id, item.payment)
+                has_open = bool(open_by_payment.get(item.payment_id))
+                self.apply(item.payment_id, item.payment, conn=conn, known_open=has_open)
             else:
                 self._count(d.action.value)
                 if d.action is not Action.NOTHING:
@@ -246,31 +257,46 @@ class Pass:
 
     # -- acting ----------------------------------------------------------------------------
 
-    def apply(self, payment_id: str, payment: Payment | None) -> Outcome:
-        """Lock the entry, decide on what the lock shows, act, record. One transaction."""
-        with self.svc.engine.connect() as conn:
-            tx = conn.begin()
-            try:
-                outcome = self._apply_locked(conn, payment_id, payment)
-            except LedgerError as exc:
-                tx.rollback()
-                # A typed ledger refusal (e.g. a race lost to a manual fix) is recorded and
-                # left for the next pass, which will see the new state.
-                self._count("errors")
-                msg = f"{payment_id}: {type(exc).__name__}: {exc}"
-                if self.run is not None:
-                    self.run.errors.append(msg)
-                d = Decision(Action.NOTHING, "ledger_error")
-                outcome = Outcome(payment_id, d, error=msg)
-                self.outcomes.append(outcome)
-                return outcome
-            except BaseException:
-                tx.rollback()
-                raise
-            if self.dry_run:
-                tx.rollback()
-            else:
-                tx.commit()
+    def apply(
+        self,
+        payment_id: str,
+        payment: Payment | None,
+        *,
+        conn: Connection | None = None,
+        known_open: bool | None = None,
+    ) -> Outcome:
+        """Lock the entry, decide on what the lock shows, act, record. One transaction.
+
+        A batch passes its connection (one checkout, not one per payment) and whether the
+        payment had open tickets when the batch was planned: when it had none, looking for
+        tickets to resolve is skipped.  A ticket opened by another worker in between stays
+        open until the next pass over that payment, which resolves it.
+        """
+        if conn is None:
+            with self.svc.engine.connect() as own:
+                return self.apply(payment_id, payment, conn=own, known_open=known_open)
+        tx = conn.begin()
+        try:
+            outcome = self._apply_locked(conn, payment_id, payment, known_open)
+        except LedgerError as exc:
+            tx.rollback()
+            # A typed ledger refusal (e.g. a race lost to a manual fix) is recorded and
+            # left for the next pass, which will see the new state.
+            self._count("errors")
+            msg = f"{payment_id}: {type(exc).__name__}: {exc}"
+            if self.run is not None:
+                self.run.errors.append(msg)
+            d = Decision(Action.NOTHING, "ledger_error")
+            outcome = Outcome(payment_id, d, error=msg)
+            self.outcomes.append(outcome)
+            return outcome
+        except BaseException:
+            tx.rollback()
+            raise
+        if self.dry_run:
+            tx.rollback()
+        else:
+            tx.commit()
         self._count(outcome.decision.action.value)
         if not self.dry_run:
             self.svc.hooks.action(outcome.decision.action.value)
@@ -280,7 +306,13 @@ class Pass:
         self.outcomes.append(outcome)
         return outcome
 
-    def _apply_locked(self, conn: Connection, payment_id: str, payment: Payment | None) -> Outcome:
+    def _apply_locked(
+        self,
+        conn: Connection,
+        payment_id: str,
+        payment: Payment | None,
+        known_open: bool | None = None,
+    ) -> Outcome:
         svc = self.svc
         ledger = svc.ledger_for(conn)
         now = svc.clock()
@@ -364,7 +396,7 @@ class Pass:
                     ticket_id,
                 )
         resolved: list[int] = []
-        if d.resolves:
+        if d.resolves and known_open is not False:
             resolved = tk.resolve_open(
                 conn,
                 payment_id,

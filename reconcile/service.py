@@ -282,9 +282,7 @@ def _release(svc: Services, batch: Sequence[Any], dry_run: bool) -> None:
     if dry_run:
         return
     with svc.engine.begin() as conn:
-        ledger = svc.ledger_for(conn)
-        for txn in batch:
-            ledger.release(txn.reference)
+        svc.ledger_for(conn).release([txn.reference for txn in batch])
 
 
 # -- catch-up -------------------------------------------------------------------------------

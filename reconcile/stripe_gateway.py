@@ -378,7 +378,7 @@ class StripeGateway:
                 params["types"] = list(types)
             window_events: list[dict[str, Any]] = []
             window_pages = 0
-            for page in self._pages("events.list", self._client.v1.events.list, params):
+            for page in self._pages("events.list", "/v1/events", params):
                 window_pages += 1
                 window_events.extend(page.data)
             pages += window_pages
@@ -399,21 +399,24 @@ class StripeGateway:
             "limit": PAGE_SIZE,
             "expand": ["data.latest_charge"],
         }
-        return self._pages("payment_intents.list", self._client.v1.payment_intents.list, params)
+        return self._pages("payment_intents.list", "/v1/payment_intents", params)
 
-    def _pages(
-        self, endpoint: str, list_fn: Callable[..., stripe.ListObject[Any]], params: Any
-    ) -> Iterator[_Page]:
+    def _pages(self, endpoint: str, path: str, params: Any) -> Iterator[_Page]:
         # Manual ``starting_after`` paging rather than ``auto_paging_iter``: each page is
         # then one paced, retried, counted call of ours, and callers can stop between pages.
+        # ``raw_request`` (same auth, base URL and typed errors) hands back plain JSON: a
+        # page of 100 expanded PaymentIntents costs ~15 ms that way against ~130 ms to
+        # build StripeObjects and turn them back into dicts, which dominated a dense sweep.
         cursor: str | None = None
         while True:
             page_params = dict(params)
             if cursor is not None:
                 page_params["starting_after"] = cursor
-            listed = self._call(endpoint, functools.partial(list_fn, params=page_params))
+            listed = self._call(
+                endpoint, functools.partial(self._client.raw_request, "get", path, **page_params)
+            )
             assert not isinstance(listed, _Missing)
-            body = listed.to_dict(recursive=True, for_json=True)
+            body: Mapping[str, Any] = listed.data
             data: list[dict[str, Any]] = list(body.get("data") or [])
             has_more = bool(body.get("has_more")) and bool(data)
             yield _Page(data, has_more)
