@@ -26,7 +26,6 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -58,6 +57,7 @@ from ledger.errors import (
 from ledger.model import Balance, NewTransaction, Transaction, TxnStatus, Violation
 from ledger.money import normalize_currency
 from ledger.protocol import LINK_KEY
+from ledger.types import UtcDateTime
 
 metadata = MetaData()
 
@@ -69,7 +69,7 @@ balances = Table(
     Column("balance", BigInteger, nullable=False, default=0),
     Column("inflight_credit", BigInteger, nullable=False, default=0),
     Column("inflight_debit", BigInteger, nullable=False, default=0),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
 
 transactions = Table(
@@ -88,10 +88,10 @@ transactions = Table(
     # dialects, not a JSON scan.
     Column("link", String(255), nullable=True),
     Column("meta", JSON, nullable=False, default=dict),
-    Column("expires_at", DateTime(timezone=True), nullable=True),
-    Column("claimed_until", DateTime(timezone=True), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=True),
+    Column("claimed_until", UtcDateTime(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
     Index("ix_ledger_transactions_link", "link"),
     Index("ix_ledger_transactions_status_created", "status", "created_at"),
 )
@@ -104,7 +104,7 @@ postings = Table(
     Column("kind", String(10), nullable=False),  # create | commit | void
     Column("amount", BigInteger, nullable=False),
     Column("idempotency_key", String(255), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
     UniqueConstraint("transaction_id", "idempotency_key", name="uq_ledger_postings_idem"),
     Index("ix_ledger_postings_transaction", "transaction_id"),
 )
@@ -166,21 +166,13 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes even for timezone=True columns; everything stored is
-    # UTC, so re-attach it rather than let naive and aware values meet in a comparison.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _after(key: tuple[datetime, str]) -> Any:
     t = transactions
     return or_(t.c.created_at > key[0], and_(t.c.created_at == key[0], t.c.id > key[1]))
 
 
 def _row_to_txn(row: RowMapping) -> Transaction:
-    created = _aware(row["created_at"])
+    created = row["created_at"]
     assert created is not None
     return Transaction(
         id=row["id"],
@@ -193,9 +185,9 @@ def _row_to_txn(row: RowMapping) -> Transaction:
         committed_amount=int(row["committed_amount"]),
         voided_amount=int(row["voided_amount"]),
         metadata=dict(row["meta"] or {}),
-        expires_at=_aware(row["expires_at"]),
+        expires_at=row["expires_at"],
         created_at=created,
-        updated_at=_aware(row["updated_at"]),
+        updated_at=row["updated_at"],
     )
 
 

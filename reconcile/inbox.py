@@ -21,7 +21,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Final, Literal
 
 from sqlalchemy import Connection, and_, func, or_, select, text, update
@@ -331,15 +331,8 @@ def mark_enqueued(conn: Connection, ids: Iterable[str], now: datetime) -> int:
 # --------------------------------------------------------------------------- reads
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite returns naive datetimes for timezone=True columns; everything stored is UTC.
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
-
-
 def _to_row(row: RowMapping) -> InboxRow:
-    received = _aware(row["received_at"])
+    received = row["received_at"]
     assert received is not None
     payload = row["payload"]
     if isinstance(payload, str):
@@ -356,8 +349,8 @@ def _to_row(row: RowMapping) -> InboxRow:
         attempts=int(row["attempts"]),
         last_error=row["last_error"],
         received_at=received,
-        enqueued_at=_aware(row["enqueued_at"]),
-        processed_at=_aware(row["processed_at"]),
+        enqueued_at=row["enqueued_at"],
+        processed_at=row["processed_at"],
     )
 
 
@@ -405,7 +398,7 @@ def lag(conn: Connection, now: datetime) -> tuple[int, float]:
     count, oldest = conn.execute(
         select(func.count(), func.min(inbox.c.received_at)).where(_unprocessed())
     ).one()
-    oldest = _aware(oldest)
+    oldest = oldest
     if not count or oldest is None:
         return 0, 0.0
     return int(count), max(0.0, (now - oldest).total_seconds())

@@ -7,7 +7,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -18,6 +17,8 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
+
+from ledger.types import UtcDateTime
 
 metadata = MetaData()
 
@@ -36,9 +37,9 @@ inbox = Table(
     Column("status", String(20), nullable=False),  # pending | processed | ignored | failed
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_error", Text, nullable=True),
-    Column("received_at", DateTime(timezone=True), nullable=False),
-    Column("enqueued_at", DateTime(timezone=True), nullable=True),
-    Column("processed_at", DateTime(timezone=True), nullable=True),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("enqueued_at", UtcDateTime(), nullable=True),
+    Column("processed_at", UtcDateTime(), nullable=True),
     Index("ix_recon_inbox_status_received", "status", "received_at"),
     Index("ix_recon_inbox_payment", "payment_id"),
 )
@@ -51,8 +52,8 @@ runs = Table(
     Column("trigger", String(20), nullable=False),  # beat | cli | rerun | task | webhook
     Column("actor", String(100), nullable=False),
     Column("dry_run", Boolean, nullable=False, default=False),
-    Column("window_start", DateTime(timezone=True), nullable=True),
-    Column("window_end", DateTime(timezone=True), nullable=True),
+    Column("window_start", UtcDateTime(), nullable=True),
+    Column("window_end", UtcDateTime(), nullable=True),
     Column("params", JSON, nullable=False, default=dict),
     Column("status", String(20), nullable=False),  # running | succeeded | partial | failed
     Column("counts", JSON, nullable=False, default=dict),
@@ -61,8 +62,8 @@ runs = Table(
     Column("errors", JSON, nullable=False, default=list),
     Column("resume", JSON, nullable=True),  # where the next run picks up after a partial one
     Column("rerun_of", Integer, ForeignKey("recon_runs.id"), nullable=True),
-    Column("started_at", DateTime(timezone=True), nullable=False),
-    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("finished_at", UtcDateTime(), nullable=True),
     Index("ix_recon_runs_job_started", "job", "started_at"),
 )
 
@@ -80,7 +81,7 @@ audit = Table(
     Column("evidence", JSON, nullable=False, default=dict),
     Column("actor", String(100), nullable=False),
     Column("ticket_id", Integer, nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_recon_audit_payment", "payment_id"),
     Index("ix_recon_audit_run", "run_id"),
     Index("ix_recon_audit_created", "created_at"),
@@ -109,9 +110,9 @@ tickets = Table(
     Column("dashboard_url", String(500), nullable=True),
     Column("occurrences", Integer, nullable=False, default=1),
     Column("run_id", Integer, ForeignKey("recon_runs.id"), nullable=True),
-    Column("opened_at", DateTime(timezone=True), nullable=False),
-    Column("last_seen_at", DateTime(timezone=True), nullable=False),
-    Column("resolved_at", DateTime(timezone=True), nullable=True),
+    Column("opened_at", UtcDateTime(), nullable=False),
+    Column("last_seen_at", UtcDateTime(), nullable=False),
+    Column("resolved_at", UtcDateTime(), nullable=True),
     Column("resolved_by", String(100), nullable=True),
     Column("resolution", Text, nullable=True),
     # One open ticket per discrepancy: repeats bump ``occurrences`` on this row instead.
@@ -137,9 +138,9 @@ deliveries = Table(
     Column("status", String(20), nullable=False),  # pending | delivered | failed
     Column("attempts", Integer, nullable=False, default=0),
     Column("last_error", Text, nullable=True),
-    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
-    Column("delivered_at", DateTime(timezone=True), nullable=True),
-    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("delivered_at", UtcDateTime(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
     UniqueConstraint("ticket_id", "sink", "severity", name="uq_recon_deliveries_once"),
     Index("ix_recon_deliveries_due", "status", "next_attempt_at"),
 )
@@ -149,7 +150,7 @@ cursors = Table(
     metadata,
     Column("name", String(100), primary_key=True),
     Column("value", String(255), nullable=False),
-    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
 )
 
 # Keeps two runs of one job from overlapping; a holder that dies lets it lapse.
@@ -158,5 +159,5 @@ locks = Table(
     metadata,
     Column("name", String(100), primary_key=True),
     Column("holder", String(200), nullable=False),
-    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
 )

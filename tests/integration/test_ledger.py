@@ -340,3 +340,15 @@ def test_check_reports_a_balance_tampered_with_outside_the_ledger(db_engine):
         )
     rules = {v.rule for v in run(db_engine, lambda lg: lg.check_invariants())}
     assert {"zero_sum", "balance_matches_transactions"} <= rules
+
+
+def test_times_come_back_aware_in_utc_and_naive_ones_are_refused(db_engine):
+    from datetime import timezone
+
+    paris = timezone(timedelta(hours=1))
+    when = datetime(2026, 12, 1, 13, tzinfo=paris)
+    txn = run(db_engine, lambda lg: lg.create(new(expires_at=when)))
+    assert txn.expires_at == datetime(2026, 12, 1, 12, tzinfo=UTC)
+    assert txn.expires_at.tzinfo is not None and txn.created_at.tzinfo is not None
+    with pytest.raises(Exception, match="naive datetime"):
+        run(db_engine, lambda lg: lg.create(new("pi_naive", expires_at=datetime(2026, 12, 1))))

@@ -557,10 +557,6 @@ def rerun(
         fail(f"no run {run_id}", EXIT_ATTENTION)
     actor, params = _operator(by), dict(row["params"] or {})
     start, end = row["window_start"], row["window_end"]
-    if start is not None and start.tzinfo is None:  # SQLite returns naive UTC
-        start = start.replace(tzinfo=UTC)
-    if end is not None and end.tzinfo is None:
-        end = end.replace(tzinfo=UTC)
     match row["job"]:
         case "sweep":
             secs = params.get("older_than_seconds")

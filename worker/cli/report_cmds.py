@@ -21,10 +21,6 @@ from worker.durations import BadDuration, format_duration, parse_duration
 BUCKETS = (("<1h", timedelta(hours=1)), ("1-24h", timedelta(days=1)), ("1-7d", timedelta(days=7)))
 
 
-def _aware(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
 def _bucket(age: timedelta) -> str:
     for name, limit in BUCKETS:
         if age < limit:
@@ -38,14 +34,14 @@ def build_report(conn: Connection, since: timedelta, now: datetime) -> dict[str,
     for action, at in conn.execute(
         select(audit.c.action, audit.c.created_at).where(audit.c.created_at >= start)
     ):
-        actions[_aware(at).date().isoformat()][action] += 1
+        actions[at.date().isoformat()][action] += 1
     opened: dict[str, Counter[str]] = defaultdict(Counter)
     this_period: Counter[str] = Counter()
     last_period: Counter[str] = Counter()
     for kind, at in conn.execute(
         select(tickets.c.kind, tickets.c.opened_at).where(tickets.c.opened_at >= prev_start)
     ):
-        at = _aware(at)
+        at = at
         if at >= start:
             opened[at.date().isoformat()][kind] += 1
             this_period[kind] += 1
@@ -58,7 +54,7 @@ def build_report(conn: Connection, since: timedelta, now: datetime) -> dict[str,
         .where(tickets.c.status == "open")
         .order_by(tickets.c.opened_at)
     ).mappings():
-        age = now - _aware(row["opened_at"])
+        age = now - row["opened_at"]
         ages[_bucket(age)] += 1
         if row["kind"] == "stuck_payment" and len(stuck) < 10:
             stuck.append(

@@ -27,16 +27,11 @@ _LIST_KEYS = (
 )  # fmt: skip
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything is stored in UTC.
-    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
-
-
 def _ticket_dict(row: Any) -> dict[str, Any]:
     d = dict(row)
     d["severity"] = severity_label(int(d["severity"]))
     for k in ("opened_at", "last_seen_at", "resolved_at"):
-        d[k] = _aware(d.get(k))
+        d[k] = d.get(k)
     return d
 
 
