@@ -156,6 +156,14 @@ def _run_summary(result: Any) -> dict[str, Any]:
     return {"status": status, "run_id": run_id, "counts": dict(getattr(result, "counts", {}))}
 
 
+def _run_job(job: str, run: Callable[..., Any], **kwargs: Any) -> dict[str, Any]:
+    """One periodic job: skip if a previous run still holds its lock, else run, summarised."""
+    with _periodic(job) as held:
+        if not held:
+            return {"status": "skipped"}
+        return _run_summary(run(_services(), **kwargs))
+
+
 def _seconds(value: float | None) -> timedelta | None:
     return None if value is None else timedelta(seconds=float(value))
 
@@ -201,19 +209,16 @@ def sweep(
 ) -> dict[str, Any]:
     from reconcile import service
 
-    with _periodic("recon.sweep") as held:
-        if not held:
-            return {"status": "skipped"}
-        result = service.run_sweep(
-            _services(),
-            trigger=trigger,
-            actor=actor,
-            dry_run=dry_run,
-            older_than=_seconds(older_than_seconds),
-            limit=limit,
-            rerun_of=rerun_of,
-        )
-        return _run_summary(result)
+    return _run_job(
+        "recon.sweep",
+        service.run_sweep,
+        trigger=trigger,
+        actor=actor,
+        dry_run=dry_run,
+        older_than=_seconds(older_than_seconds),
+        limit=limit,
+        rerun_of=rerun_of,
+    )
 
 
 @_task("recon.catch_up")
@@ -228,18 +233,15 @@ def catch_up(
 ) -> dict[str, Any]:
     from reconcile import service
 
-    with _periodic("recon.catch_up") as held:
-        if not held:
-            return {"status": "skipped"}
-        result = service.run_catch_up(
-            _services(),
-            trigger=trigger,
-            actor=actor,
-            dry_run=dry_run,
-            since=_time(since),
-            rerun_of=rerun_of,
-        )
-        return _run_summary(result)
+    return _run_job(
+        "recon.catch_up",
+        service.run_catch_up,
+        trigger=trigger,
+        actor=actor,
+        dry_run=dry_run,
+        since=_time(since),
+        rerun_of=rerun_of,
+    )
 
 
 @_task("recon.scan_missing")
@@ -257,19 +259,16 @@ def scan_missing(
 
     end = _time(until) or _now()
     start = _time(since) or end - _settings().scan_window
-    with _periodic("recon.scan_missing") as held:
-        if not held:
-            return {"status": "skipped"}
-        result = service.run_scan(
-            _services(),
-            trigger=trigger,
-            actor=actor,
-            dry_run=dry_run,
-            since=start,
-            until=end,
-            rerun_of=rerun_of,
-        )
-        return _run_summary(result)
+    return _run_job(
+        "recon.scan_missing",
+        service.run_scan,
+        trigger=trigger,
+        actor=actor,
+        dry_run=dry_run,
+        since=start,
+        until=end,
+        rerun_of=rerun_of,
+    )
 
 
 @_task("inbox.redrive")
