@@ -142,6 +142,7 @@ class Outcome:
     ticket_new: bool = False
     resolved: tuple[int, ...] = ()
     error: str | None = None
+    payment: Payment | None = None  # what Stripe said when this was decided
 
     def as_plan(self) -> dict[str, Any]:
         d = self.decision
@@ -287,7 +288,7 @@ class Pass:
             if self.run is not None:
                 self.run.errors.append(msg)
             d = Decision(Action.NOTHING, "ledger_error")
-            outcome = Outcome(payment_id, d, error=msg)
+            outcome = Outcome(payment_id, d, error=msg, payment=payment)
             self.outcomes.append(outcome)
             return outcome
         except BaseException:
@@ -415,6 +416,7 @@ class Pass:
             ticket_id=ticket_id,
             ticket_new=ticket_new,
             resolved=tuple(resolved),
+            payment=payment,
         )
 
     # -- the guard -------------------------------------------------------------------------

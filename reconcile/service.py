@@ -121,10 +121,19 @@ def reconcile_payment(
     dry_run: bool = False,
     trigger: str = "cli",
     gateway: StripeGateway | None = None,
+    rerun_of: int | None = None,
 ) -> tuple[RunResult, Outcome]:
     """Re-read one payment on Stripe and reconcile it (``recon payment PI_ID``)."""
     gw = gateway or svc.new_gateway()
-    state = _begin(svc, "payment", trigger, actor, dry_run, params={"payment_id": payment_id})
+    state = _begin(
+        svc,
+        "payment",
+        trigger,
+        actor,
+        dry_run,
+        params={"payment_id": payment_id},
+        rerun_of=rerun_of,
+    )
     p = Pass(svc, run=state, actor=actor, dry_run=dry_run, guarded=False)
     try:
         payment = gw.retrieve(payment_id)

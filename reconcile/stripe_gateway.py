@@ -309,6 +309,19 @@ class StripeGateway:
             return None
         return payment_from_stripe(result)
 
+    def retrieve_event(self, event_id: str) -> dict[str, Any] | None:
+        """One event as a plain dict (``recon replay``), or None when Stripe has no such event."""
+        if not event_id or event_id != event_id.strip() or "/" in event_id:
+            raise ValueError(f"not an event id: {event_id!r}")
+        result = self._call(
+            "events.retrieve",
+            functools.partial(self._client.raw_request, "get", f"/v1/events/{event_id}"),
+            missing_ok=True,
+        )
+        if isinstance(result, _Missing):
+            return None
+        return dict(result.data)
+
     def list_created(self, since: datetime, until: datetime) -> Iterator[Payment]:
         """Every PaymentIntent created in ``[since, until]``, newest first, all pages."""
         gte = math.ceil(_epoch(since))

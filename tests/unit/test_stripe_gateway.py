@@ -286,6 +286,24 @@ def test_retrieve_answers_none_when_stripe_has_no_such_payment(fake, make_gatewa
     assert hook_calls == [("payment_intents.retrieve", "not_found")]
 
 
+def test_retrieves_one_event_as_a_plain_dict_or_none_when_missing(rsps, make_gateway):
+    event = {"id": "evt_1", "object": "event", "type": "payment_intent.succeeded"}
+    rsps.add(responses.GET, f"{BASE}/v1/events/evt_1", json=event)
+    rsps.add(
+        responses.GET,
+        f"{BASE}/v1/events/evt_gone",
+        status=404,
+        json={"error": {"type": "invalid_request_error", "code": "resource_missing"}},
+    )
+    gateway = make_gateway()
+
+    assert gateway.retrieve_event("evt_1") == event
+    assert gateway.retrieve_event("evt_gone") is None
+    with pytest.raises(ValueError):
+        gateway.retrieve_event("../payment_intents")
+    assert gateway.snapshot()["calls"] == 2
+
+
 def test_a_404_other_than_resource_missing_is_an_error_not_a_missing_payment(rsps, make_gateway):
     rsps.add(
         responses.GET,

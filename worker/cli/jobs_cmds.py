@@ -16,14 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import desc, select, update
+from sqlalchemy import desc, select
 
 from ledger.money import Money
 from reconcile import inbox
 from reconcile.engine import Services, to_entry
 from reconcile.runs import RunResult, finish_run, get_run, start_run
 from reconcile.service import reconcile_payment, run_catch_up, run_scan, run_sweep
-from reconcile.stripe_gateway import StripeGateway, StripeGatewayError, _as_dict, _Missing
+from reconcile.stripe_gateway import StripeGateway, StripeGatewayError
 from reconcile.tables import audit, runs
 from reconcile.tickets import entry_state, payment_state
 from worker.cli.context import app_state
@@ -304,7 +304,6 @@ def _payment(
 ) -> None:
     svc, gw = _services()
     try:
-        before = gw.retrieve(payment_id)
         with app_state.begin() as conn:
             txn = svc.ledger_for(conn).find_linked(payment_id)
         result, outcome = reconcile_payment(
@@ -314,16 +313,13 @@ def _payment(
             dry_run=dry_run,
             trigger="rerun" if rerun_of else "cli",
             gateway=gw,
+            rerun_of=rerun_of,
         )
     except ValueError as exc:
         fail(str(exc))
     except StripeGatewayError as exc:
         fail(f"Stripe: {exc}", EXIT_ATTENTION)
-    if rerun_of:
-        # reconcile_payment takes no rerun_of; link the run afterwards.
-        with app_state.begin() as conn:
-            conn.execute(update(runs).where(runs.c.id == result.run_id).values(rerun_of=rerun_of))
-    stripe_view, ledger_view = payment_state(before), entry_state(to_entry(txn))
+    stripe_view, ledger_view = payment_state(outcome.payment), entry_state(to_entry(txn))
     d = outcome.decision
     decision = {"action": d.action.value, "reason": str(d.reason)}
     if not as_json:
@@ -365,14 +361,6 @@ def payment(
     _payment(payment_id, dry_run, _operator(by), as_json)
 
 
-def retrieve_event(gw: StripeGateway, event_id: str) -> dict[str, Any] | None:
-    """GET /v1/events/{id} through the gateway's client (its retries and rate limit)."""
-    result = gw._call(
-        "events.retrieve", lambda: gw._client.v1.events.retrieve(event_id), missing_ok=True
-    )
-    return None if isinstance(result, _Missing) else _as_dict(result)
-
-
 def _replay(
     event_id: str, dry_run: bool, actor: str, as_json: bool, rerun_of: int | None = None
 ) -> None:
@@ -384,7 +372,7 @@ def _replay(
     stored = False
     if row is None:
         try:
-            event = retrieve_event(gw, event_id)
+            event = gw.retrieve_event(event_id)
         except StripeGatewayError as exc:
             fail(f"Stripe: {exc}", EXIT_ATTENTION)
         if event is None:
