@@ -157,9 +157,11 @@ _STORE = (
     )
     .returning(*transactions.c)
 )
-# On PostgreSQL the posting rides along with the state change as a data-modifying CTE: one
-# round trip fewer, the same two rows written.  SQLite has no INSERT inside WITH.
-_POST_AND_STORE = _STORE.add_cte(_POST.cte("posting"))
+# On PostgreSQL the balance move and the posting ride along with the state change as
+# data-modifying CTEs: one round trip for every write of a commit or void, the same rows
+# written and locked (the transaction row is already locked; the balances in key order, as
+# above).  SQLite has no INSERT or UPDATE inside WITH, so there they stay three statements.
+_WRITE_ALL = _STORE.add_cte(_MOVE.cte("moved"), _POST.cte("posting"))
 
 
 def _utcnow() -> datetime:
@@ -259,30 +261,24 @@ class SqlLedger:
         if found != currency:
             raise CurrencyMismatch(f"balance {name!r} holds {found}, not {currency}")
 
-    def _move(
-        self,
-        source: str,
-        destination: str,
-        *,
-        applied: int = 0,
-        inflight: int = 0,
-    ) -> None:
-        """Shift ``applied`` into balances and ``inflight`` into the reserved columns."""
+    @staticmethod
+    def _move_params(source: str, destination: str, applied: int, inflight: int) -> dict[str, Any]:
+        """Bind values for _MOVE: ``applied`` into balances, ``inflight`` into reservations."""
         first, second = sorted((source, destination))
-        self.conn.execute(
-            _MOVE,
-            {
-                "first": first,
-                "second": second,
-                "src": source,
-                "src_applied": -applied,
-                "dst_applied": applied,
-                "src_credit": 0,
-                "dst_credit": inflight,
-                "src_debit": inflight,
-                "dst_debit": 0,
-            },
-        )
+        return {
+            "first": first,
+            "second": second,
+            "src": source,
+            "src_applied": -applied,
+            "dst_applied": applied,
+            "src_credit": 0,
+            "dst_credit": inflight,
+            "src_debit": inflight,
+            "dst_debit": 0,
+        }
+
+    def _move(self, source: str, destination: str, *, applied: int = 0, inflight: int = 0) -> None:
+        self.conn.execute(_MOVE, self._move_params(source, destination, applied, inflight))
 
     def _select(self, where: Any, lock: bool) -> Transaction | None:
         stmt = select(transactions).where(where)
@@ -314,10 +310,12 @@ class SqlLedger:
             _POST, {"tid": txn_id, "p_kind": kind, "p_amount": amount, "p_key": key, "now": now}
         )
 
-    def _store(
+    def _write(
         self,
         txn: Transaction,
         *,
+        applied: int,
+        inflight: int,
         kind: str,
         amount: int,
         key: str | None,
@@ -326,8 +324,9 @@ class SqlLedger:
         status: TxnStatus,
         now: datetime,
     ) -> Transaction:
-        """Record the posting and the transaction's new state; return that state."""
+        """Move the balances, record the posting and the new state; return that state."""
         params = {
+            **self._move_params(txn.source, txn.destination, applied, inflight),
             "tid": txn.id,
             "p_kind": kind,
             "p_amount": amount,
@@ -338,8 +337,9 @@ class SqlLedger:
             "now": now,
         }
         if self._dialect == "postgresql":
-            row = self.conn.execute(_POST_AND_STORE, params).mappings().one()
+            row = self.conn.execute(_WRITE_ALL, params).mappings().one()
         else:
+            self.conn.execute(_MOVE, params)
             self._post(txn.id, kind, amount, key, now)
             row = self.conn.execute(_STORE, params).mappings().one()
         return _row_to_txn(row)
@@ -442,11 +442,12 @@ class SqlLedger:
                 f"{reference}: cannot commit {take}, only {txn.remaining} of {txn.amount} left"
             )
         now = self._clock()
-        self._move(txn.source, txn.destination, applied=take, inflight=-take)
         committed = txn.committed_amount + take
         status = TxnStatus.APPLIED if committed + txn.voided_amount == txn.amount else txn.status
-        return self._store(
+        return self._write(
             txn,
+            applied=take,
+            inflight=-take,
             kind="commit",
             amount=take,
             key=idempotency_key,
@@ -468,10 +469,11 @@ class SqlLedger:
             raise AlreadyCommitted(f"{reference} is fully committed; nothing left to void")
         now = self._clock()
         rest = txn.remaining
-        self._move(txn.source, txn.destination, inflight=-rest)
         status = TxnStatus.APPLIED if txn.committed_amount else TxnStatus.VOID
-        return self._store(
+        return self._write(
             txn,
+            applied=0,
+            inflight=-rest,
             kind="void",
             amount=rest,
             key=idempotency_key,
