@@ -7,18 +7,15 @@ that quietly skip would let a broken ledger through.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
+from tests.support import PG_URL, throwaway_schema
 from worker.db import make_engine, normalize_url
 from worker.schema import all_metadata
 
-PG_URL = os.environ.get(
-    "RECON_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 REDIS_URL = os.environ.get("RECON_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -42,22 +39,11 @@ def pg_admin() -> Iterator[Engine]:
     engine.dispose()
 
 
-def schema_url(schema: str) -> str:
-    sep = "&" if "?" in PG_URL else "?"
-    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-
-
 @pytest.fixture
 def pg_schema(pg_admin: Engine) -> Iterator[str]:
     """A fresh, empty schema of its own; dropped afterwards.  Returns its database URL."""
-    schema = "t_" + uuid.uuid4().hex[:12]
-    with pg_admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield schema_url(schema)
-    finally:
-        with pg_admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    with throwaway_schema(admin=pg_admin) as url:
+        yield url
 
 
 @pytest.fixture

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, create_engine, func, select, text
 
 from ledger.model import NewTransaction
 from ledger.sql import SqlLedger
@@ -14,6 +18,44 @@ from reconcile.model import Policy
 from reconcile.ratelimit import LocalRateLimiter
 from reconcile.stripe_gateway import StripeGateway
 from reconcile.tables import tickets
+from worker.db import make_engine, normalize_url
+from worker.schema import all_metadata
+
+PG_URL = os.environ.get(
+    "RECON_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def schema_url(schema: str, base: str = PG_URL) -> str:
+    """``base`` with every connection's search_path set to ``schema``."""
+    sep = "&" if "?" in base else "?"
+    return f"{base}{sep}options=-csearch_path%3D{schema}"
+
+
+@contextlib.contextmanager
+def throwaway_schema(
+    prefix: str = "t_", *, tables: bool = False, admin: Engine | None = None
+) -> Iterator[str]:
+    """A fresh PostgreSQL schema (optionally with every table) for one test or benchmark;
+    yields its URL and drops the schema afterwards, whatever happened."""
+    schema = prefix + uuid.uuid4().hex[:12]
+    own = admin is None
+    admin = admin or create_engine(normalize_url(PG_URL))
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    url = schema_url(schema)
+    try:
+        if tables:
+            engine = make_engine(url)
+            for md in all_metadata():
+                md.create_all(engine)
+            engine.dispose()
+        yield url
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        if own:
+            admin.dispose()
 
 
 def gateway_for(url: str, api_key: str, *, rate: float = 1000.0, **kw: Any) -> StripeGateway:

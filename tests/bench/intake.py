@@ -32,10 +32,9 @@ from typing import Any
 
 import uvicorn
 
+from tests.support import throwaway_schema
+
 ROOT = Path(__file__).resolve().parents[2]
-PG_URL = os.environ.get(
-    "RECON_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 SECRET = "whsec_bench_0123456789abcdef"
 MAX_REQUESTS_PER_PHASE = 200_000
 
@@ -365,31 +364,6 @@ def raw_insert_rate(db_url: str, seconds: float, concurrency: int) -> dict[str, 
 # --------------------------------------------------------------------------- driver
 
 
-@contextlib.contextmanager
-def throwaway_schema() -> Iterator[str]:
-    from sqlalchemy import create_engine, text
-
-    from worker.db import make_engine, normalize_url
-    from worker.schema import all_metadata
-
-    schema = "bench_" + uuid.uuid4().hex[:10]
-    admin = create_engine(normalize_url(PG_URL))
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in PG_URL else "?"
-    url = f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    try:
-        engine = make_engine(url)
-        for md in all_metadata():
-            md.create_all(engine)
-        engine.dispose()
-        yield url
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-
 def run(
     seconds: float = 5.0,
     concurrency: int = 16,
@@ -402,7 +376,7 @@ def run(
         "seconds": seconds,
         "cpus": os.cpu_count(),
     }
-    with throwaway_schema() as url:
+    with throwaway_schema("bench_", tables=True) as url:
         with CpuMeter(None) as cpu:
             raw = raw_insert_rate(url, seconds, concurrency)
         raw.update(cpu.per_request(raw["ok"]))

@@ -39,12 +39,10 @@ from sqlalchemy import Engine, create_engine, event, insert, text
 from sqlalchemy.engine import make_url
 
 from ledger.sql import SqlLedger, balances, postings, transactions
+from tests.support import PG_URL
 from worker.db import make_engine, normalize_url
 from worker.schema import all_metadata
 
-PG_URL = os.environ.get(
-    "RECON_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 PGBENCH = os.environ.get("PGBENCH", shutil.which("pgbench") or "/usr/bin/pgbench")
 TARGET_RATIO = 0.5
 

@@ -19,47 +19,26 @@ invariants must hold.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import random
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select, text
 
 from ledger.sql import SqlLedger, transactions
 from reconcile.service import run_sweep
 from tests.bench.ledger import bulk_seed_inflight
 from tests.stripe_server import run_server
-from tests.support import make_services
-from worker.db import make_engine, normalize_url
+from tests.support import make_services, throwaway_schema
+from worker.db import make_engine
 from worker.schema import all_metadata
 
-PG_URL = os.environ.get(
-    "RECON_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 TEST_MODE_RPS = 25
 LIVE_MODE_RPS = 100
-
-
-@contextlib.contextmanager
-def throwaway_schema() -> Iterator[str]:
-    schema = "recon_bench_" + uuid.uuid4().hex[:8]
-    admin = create_engine(normalize_url(PG_URL))
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in PG_URL else "?"
-    url = f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-    try:
-        yield url
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def _case(
@@ -92,7 +71,7 @@ def _case(
         )
         for i in ledger_picks
     ]
-    with throwaway_schema() as url, run_server(rate_limit=None) as srv:
+    with throwaway_schema("recon_bench_") as url, run_server(rate_limit=None) as srv:
         engine = make_engine(url, pool_size=4, max_overflow=2)
         try:
             for md in all_metadata():
