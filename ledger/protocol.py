@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from ledger.model import Balance, NewTransaction, Transaction, Violation
+from ledger.model import Balance, NewTransaction, Transaction, TxnStatus, Violation
 
 # The metadata key that links a transaction to a Stripe PaymentIntent when its reference
 # follows another convention.  The ledger only stores it; it knows nothing of Stripe.
@@ -60,6 +60,12 @@ class Ledger(Protocol):
 
     def release(self, references: Sequence[str]) -> None:
         """Give back the claims on these transactions at once."""
+        ...
+
+    def list_transactions(
+        self, status: TxnStatus | None = None, limit: int = 100, offset: int = 0
+    ) -> Sequence[Transaction]:
+        """Transactions (of one status, or all), oldest first: for people looking."""
         ...
 
     def balances(self) -> Sequence[Balance]: ...

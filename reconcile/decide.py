@@ -54,7 +54,7 @@ from reconcile.model import (
     TicketSpec,
 )
 
-__all__ = ["Reason", "decide"]
+__all__ = ["Reason", "decide", "failed_attempt"]
 
 
 class Reason(enum.StrEnum):
@@ -124,7 +124,7 @@ def decide(payment: Payment | None, entry: Entry | None, policy: Policy, now: da
     if entry.status is EntryStatus.APPLIED or entry.committed_amount > 0:
         return _credited_unpaid(payment, entry, policy, now)
     if entry.status is EntryStatus.VOID:
-        if _failed(payment):
+        if failed_attempt(payment):
             return Decision(Action.MATCHED, Reason.VOIDED_AND_FAILED, resolves=True)
         return Decision(Action.NOTHING, Reason.VOIDED_WHILE_PAYMENT_OPEN)
     return _inflight_unpaid(payment, entry, policy, now)
@@ -154,7 +154,7 @@ def _no_record(payment: Payment, policy: Policy) -> Decision:
         reference=payment.id,
         amount=payment.amount_received,
         currency=payment.currency,
-        source=payment.metadata.get(policy.source_key, policy.default_source),
+        source=payment.metadata.get(policy.source_key) or policy.default_source,
         destination=destination,
     )
     return Decision(Action.CREATE, Reason.CREATE_MISSING_RECORD, create=spec, resolves=True)
@@ -227,7 +227,7 @@ def _settled(payment: Payment, entry: Entry, matched: Reason) -> Decision:
 
 
 def _credited_unpaid(payment: Payment, entry: Entry, policy: Policy, now: datetime) -> Decision:
-    if _failed(payment):
+    if failed_attempt(payment):
         return _ticket(
             TicketKind.CREDITED_BUT_FAILED, Severity.CRITICAL, Reason.CREDITED_BUT_FAILED
         )
@@ -244,7 +244,7 @@ def _inflight_unpaid(payment: Payment, entry: Entry, policy: Policy, now: dateti
     if payment.status is PaymentStatus.CANCELED:
         return Decision(Action.VOID, Reason.CANCELED, resolves=True)
     age = now - entry.created_at
-    if _failed(payment):
+    if failed_attempt(payment):
         if age > policy.failed_grace:
             return Decision(Action.VOID, Reason.FAILED_PAST_GRACE, resolves=True)
         return Decision(Action.WAIT, Reason.FAILED_WITHIN_GRACE)
@@ -258,7 +258,8 @@ def _inflight_unpaid(payment: Payment, entry: Entry, policy: Policy, now: dateti
     return Decision(Action.WAIT, Reason.IN_PROGRESS)
 
 
-def _failed(payment: Payment) -> bool:
+def failed_attempt(payment: Payment) -> bool:
+    """The payment was tried and did not go through, or was canceled."""
     # requires_payment_method is also the state of a payment nobody has tried to pay yet;
     # only a recorded error makes it a failure.
     return payment.status is PaymentStatus.CANCELED or (

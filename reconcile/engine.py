@@ -6,105 +6,44 @@ its own transaction in which the entry is locked and the decision taken again on
 lock shows: another worker may have acted in between, and the second decision is the one
 that counts.  Dry runs do everything in a transaction that is rolled back, so the plan they
 print is exactly what a live run would have done.
+
+:func:`act` is the one ledger write path: the automatic pipeline and a person's fix
+(reconcile/usecases/fixes.py) both commit, void and create through it, so every change to
+the ledger carries its audit row written the same way.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection
 
 from ledger.errors import LedgerError
 from ledger.model import NewTransaction, Transaction, TxnStatus
 from ledger.protocol import LINK_KEY, Ledger
 from reconcile import tickets as tk
 from reconcile.decide import decide
+from reconcile.guard import GuardTripped
 from reconcile.model import (
     Action,
+    CreateSpec,
     Decision,
     Entry,
     EntryStatus,
     Payment,
-    Policy,
     Severity,
     TicketKind,
     TicketSpec,
 )
+from reconcile.ports import Services
 from reconcile.runs import RunState, record_audit
-from reconcile.stripe_gateway import StripeGateway
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Guard:
-    """Per-run caps on voids and new tickets: absolute, or as a share of entries examined.
-
-    The larger of the two applies, so a small run is not stopped by a single void, while a
-    wrong API key that makes every one of 2,000 payments look "not found" is.
-    """
-
-    max_voids: int = 50
-    max_void_share: float = 0.5
-    max_new_tickets: int = 25
-    max_ticket_share: float = 0.3
-
-    def check(self, examined: int, voids: int, new_tickets: int) -> str | None:
-        void_cap = max(self.max_voids, math.floor(self.max_void_share * examined))
-        ticket_cap = max(self.max_new_tickets, math.floor(self.max_ticket_share * examined))
-        if voids > void_cap:
-            return (
-                f"would void {voids} of {examined} entries examined "
-                f"(cap {void_cap}: RECON_MAX_VOIDS={self.max_voids}, "
-                f"RECON_MAX_VOID_SHARE={self.max_void_share})"
-            )
-        if new_tickets > ticket_cap:
-            return (
-                f"would open {new_tickets} new tickets for {examined} entries examined "
-                f"(cap {ticket_cap}: RECON_MAX_NEW_TICKETS={self.max_new_tickets}, "
-                f"RECON_MAX_TICKET_SHARE={self.max_ticket_share})"
-            )
-        return None
-
-
-def _noop(*_: Any) -> None:
-    return None
-
-
-@dataclass
-class Hooks:
-    """Callbacks for metrics; the worker plugs Prometheus in, tests leave them empty."""
-
-    action: Callable[[str], None] = _noop
-    ticket: Callable[[str, str], None] = _noop
-    run: Callable[[str, str], None] = _noop
-    stripe_request: Callable[[str, str], None] = _noop
-
-
-@dataclass
-class Services:
-    engine: Engine
-    ledger_for: Callable[[Connection], Ledger]
-    new_gateway: Callable[[], StripeGateway]
-    policy: Policy = field(default_factory=Policy)
-    guard: Guard = field(default_factory=Guard)
-    sinks: tuple[str, ...] = ()
-    dashboard_base: str = "https://dashboard.stripe.com"
-    sweep_min_age: timedelta = timedelta(minutes=10)
-    sweep_batch: int = 100
-    claim_lease: timedelta = timedelta(minutes=10)
-    clock: Callable[[], datetime] = utcnow
-    hooks: Hooks = field(default_factory=Hooks)
-    enqueue: Callable[[Sequence[str]], None] | None = None
-
-
-def payment_id_of(txn: Transaction) -> str:
+def linked_payment_id(txn: Transaction) -> str:
+    """The PaymentIntent a ledger transaction is for (its link, else its reference)."""
     link = txn.metadata.get(LINK_KEY)
     return link if isinstance(link, str) and link else txn.reference
 
@@ -126,6 +65,88 @@ def to_entry(txn: Transaction | None) -> Entry | None:
     )
 
 
+# -- the one ledger write path ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Commit:
+    reference: str
+    amount: int
+    idempotency_key: str | None = None
+    audit_action: str = "commit"
+
+
+@dataclass(frozen=True)
+class Void:
+    reference: str
+    amount: int  # what is left of the hold: the amount the void releases, for the audit
+    idempotency_key: str | None = None
+    audit_action: str = "void"
+
+
+@dataclass(frozen=True)
+class Create:
+    spec: CreateSpec
+    payment_id: str
+    created_by: str
+    audit_action: str = "create"
+
+
+LedgerOp = Commit | Void | Create
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    """Who acts, why, on what evidence: written beside every ledger change."""
+
+    run_id: int | None
+    payment_id: str | None
+    actor: str
+    reason: str
+    now: datetime
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    ticket_id: int | None = None
+
+
+def act(conn: Connection, ledger: Ledger, op: LedgerOp, ctx: AuditContext) -> Transaction:
+    """Change the ledger and write its audit row, on the caller's transaction."""
+    if isinstance(op, Commit):
+        after = ledger.commit(op.reference, op.amount, idempotency_key=op.idempotency_key)
+        amount = op.amount
+    elif isinstance(op, Void):
+        after = ledger.void(op.reference, idempotency_key=op.idempotency_key)
+        amount = op.amount
+    else:
+        c = op.spec
+        after = ledger.create(
+            NewTransaction(
+                reference=c.reference,
+                source=c.source,
+                destination=c.destination,
+                amount=c.amount,
+                currency=c.currency,
+                inflight=False,
+                metadata={LINK_KEY: op.payment_id, "created_by": op.created_by},
+            )
+        )
+        amount = c.amount
+    record_audit(
+        conn,
+        run_id=ctx.run_id,
+        payment_id=ctx.payment_id,
+        reference=after.reference,
+        action=op.audit_action,
+        reason=ctx.reason,
+        actor=ctx.actor,
+        now=ctx.now,
+        amount=amount,
+        currency=after.currency,
+        evidence=ctx.evidence,
+        ticket_id=ctx.ticket_id,
+    )
+    return after
+
+
 @dataclass(frozen=True)
 class Item:
     payment_id: str
@@ -134,7 +155,9 @@ class Item:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class PaymentOutcome:
+    """What a pass did (or, in a dry run, would have done) about one payment."""
+
     payment_id: str
     decision: Decision
     reference: str | None = None
@@ -164,12 +187,6 @@ class Outcome:
         }
 
 
-class GuardTripped(Exception):
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.why = why
-
-
 class Pass:
     """One reconciliation pass (a run, or a single webhook) over any number of payments."""
 
@@ -192,7 +209,7 @@ class Pass:
         self.examined = 0
         self.planned_voids = 0
         self.planned_new_tickets = 0
-        self.outcomes: list[Outcome] = []
+        self.outcomes: list[PaymentOutcome] = []
         self.counts: dict[str, int] = run.counts if run is not None else {}
 
     def _count(self, key: str, n: int = 1) -> None:
@@ -253,7 +270,7 @@ class Pass:
                 self._count(d.action.value)
                 if d.action is not Action.NOTHING:
                     self.outcomes.append(
-                        Outcome(item.payment_id, d, item.txn.reference if item.txn else None)
+                        PaymentOutcome(item.payment_id, d, item.txn.reference if item.txn else None)
                     )
 
     # -- acting ----------------------------------------------------------------------------
@@ -265,7 +282,7 @@ class Pass:
         *,
         conn: Connection | None = None,
         known_open: bool | None = None,
-    ) -> Outcome:
+    ) -> PaymentOutcome:
         """Lock the entry, decide on what the lock shows, act, record. One transaction.
 
         A batch passes its connection (one checkout, not one per payment) and whether the
@@ -288,7 +305,7 @@ class Pass:
             if self.run is not None:
                 self.run.errors.append(msg)
             d = Decision(Action.NOTHING, "ledger_error")
-            outcome = Outcome(payment_id, d, error=msg, payment=payment)
+            outcome = PaymentOutcome(payment_id, d, error=msg, payment=payment)
             self.outcomes.append(outcome)
             return outcome
         except BaseException:
@@ -313,7 +330,7 @@ class Pass:
         payment_id: str,
         payment: Payment | None,
         known_open: bool | None = None,
-    ) -> Outcome:
+    ) -> PaymentOutcome:
         svc = self.svc
         ledger = svc.ledger_for(conn)
         now = svc.clock()
@@ -328,9 +345,17 @@ class Pass:
             "decision": {"action": d.action.value, "reason": str(d.reason)},
         }
 
-        def audit(
-            action: str, amount: int | None, ref: str | None, ticket_id: int | None = None
-        ) -> None:
+        ctx = AuditContext(
+            run_id=run_id,
+            payment_id=payment_id,
+            actor=self.actor,
+            reason=str(d.reason),
+            now=now,
+            evidence=evidence,
+        )
+
+        def note(action: str, ref: str | None, ticket_id: int | None = None) -> None:
+            # Audit rows that record what happened to tickets, not to money.
             record_audit(
                 conn,
                 run_id=run_id,
@@ -340,7 +365,6 @@ class Pass:
                 reason=str(d.reason),
                 actor=self.actor,
                 now=now,
-                amount=amount,
                 currency=(txn.currency if txn else (payment.currency if payment else None)),
                 evidence=evidence,
                 ticket_id=ticket_id,
@@ -352,29 +376,15 @@ class Pass:
             if d.commit_amount:
                 # No idempotency key needed: the entry is locked and the decision was taken
                 # on what the lock shows, so a retry computes what is left (nothing).
-                after = ledger.commit(txn.reference, d.commit_amount)
-                audit("commit", d.commit_amount, txn.reference)
+                after = act(conn, ledger, Commit(txn.reference, d.commit_amount), ctx)
             if d.void_remainder and after.status is TxnStatus.INFLIGHT:
-                ledger.void(txn.reference)
-                audit("void_remainder", after.remaining, txn.reference)
+                rest = Void(txn.reference, after.remaining, audit_action="void_remainder")
+                act(conn, ledger, rest, ctx)
         elif d.action is Action.VOID and txn is not None:
-            ledger.void(txn.reference)
-            audit("void", txn.remaining, txn.reference)
+            act(conn, ledger, Void(txn.reference, txn.remaining), ctx)
         elif d.action is Action.CREATE and d.create is not None:
-            c = d.create
-            created = ledger.create(
-                NewTransaction(
-                    reference=c.reference,
-                    source=c.source,
-                    destination=c.destination,
-                    amount=c.amount,
-                    currency=c.currency,
-                    inflight=False,
-                    metadata={LINK_KEY: payment_id, "created_by": "stripe-recon"},
-                )
-            )
-            reference = created.reference
-            audit("create", c.amount, created.reference)
+            create = Create(d.create, payment_id, created_by="stripe-recon")
+            reference = act(conn, ledger, create, ctx).reference
         ticket_id: int | None = None
         ticket_new = False
         if d.ticket is not None:
@@ -390,26 +400,21 @@ class Pass:
             ticket_id, ticket_new = raised.ticket_id, raised.new
             self._count("ticket_opened" if raised.new else "ticket_bumped")
             if raised.new or raised.severity_raised:
-                audit(
-                    "ticket_opened" if raised.new else "ticket_escalated",
-                    None,
-                    reference,
-                    ticket_id,
-                )
+                note("ticket_opened" if raised.new else "ticket_escalated", reference, ticket_id)
         resolved: list[int] = []
         if d.resolves and known_open is not False:
             resolved = tk.resolve_open(
                 conn,
                 payment_id,
                 reason=f"reconciled: {d.reason}",
-                by="system" if self.actor == "system" else self.actor,
+                by=self.actor,
                 now=now,
                 keep=d.ticket.kind if d.ticket else None,
             )
             if resolved:
                 self._count("ticket_resolved", len(resolved))
-                audit("tickets_resolved", None, reference)
-        return Outcome(
+                note("tickets_resolved", reference)
+        return PaymentOutcome(
             payment_id,
             d,
             reference=reference,

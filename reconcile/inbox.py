@@ -18,7 +18,6 @@ transaction.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,6 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 
+from reconcile.redact import redact
 from reconcile.tables import inbox
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "InvalidEvent",
     "Status",
     "due_for_redrive",
+    "event_payment_id",
     "initial_status",
     "is_handled",
     "lag",
@@ -47,7 +48,6 @@ __all__ = [
     "mark_ignored",
     "mark_processed",
     "parse_event",
-    "payment_id_of",
     "store_event",
     "store_events",
 ]
@@ -127,7 +127,7 @@ def is_handled(event_type: str) -> bool:
     return event_type.startswith(HANDLED_PREFIXES)
 
 
-def payment_id_of(event: Mapping[str, Any]) -> str | None:
+def event_payment_id(event: Mapping[str, Any]) -> str | None:
     """The PaymentIntent an event is about, when it names one."""
     event_type = event.get("type")
     if not isinstance(event_type, str) or not is_handled(event_type):
@@ -152,7 +152,7 @@ def payment_id_of(event: Mapping[str, Any]) -> str | None:
 def initial_status(event: Mapping[str, Any]) -> Status:
     """``pending`` when a worker has something to do with the event, else ``ignored``."""
     event_type = event.get("type")
-    if isinstance(event_type, str) and is_handled(event_type) and payment_id_of(event):
+    if isinstance(event_type, str) and is_handled(event_type) and event_payment_id(event):
         return "pending"
     return "ignored"
 
@@ -165,7 +165,7 @@ def _row_values(event: Mapping[str, Any], source: str, now: datetime) -> dict[st
     return {
         "event_id": event["id"],
         "type": event["type"],
-        "payment_id": payment_id_of(event),
+        "payment_id": event_payment_id(event),
         "livemode": bool(event.get("livemode", False)),
         "event_created": int(event["created"]),
         "payload": dict(event),
@@ -265,15 +265,9 @@ def store_events(
     return {r[0] for r in conn.execute(_PG_BATCH_INSERT, params)}
 
 
-# Stripe keys, webhook secrets and credentials inside URLs: error texts are shown by the CLI
-# and in tickets, so whatever an exception quoted is masked before it is stored.
-_SECRET_TEXT: Final = re.compile(
-    r"(?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9*]+|whsec_[A-Za-z0-9+/=]+|(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"
-)
-
-
 def _truncate(error: str) -> str:
-    error = _SECRET_TEXT.sub("***", error)
+    # Error texts are shown by the CLI and in tickets: mask whatever an exception quoted.
+    error = redact(error)
     if len(error) <= MAX_ERROR_CHARS:
         return error
     return error[: MAX_ERROR_CHARS - 3] + "..."
@@ -398,7 +392,6 @@ def lag(conn: Connection, now: datetime) -> tuple[int, float]:
     count, oldest = conn.execute(
         select(func.count(), func.min(inbox.c.received_at)).where(_unprocessed())
     ).one()
-    oldest = oldest
     if not count or oldest is None:
         return 0, 0.0
     return int(count), max(0.0, (now - oldest).total_seconds())

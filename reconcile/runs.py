@@ -1,4 +1,9 @@
-"""Runs (every job execution) and the audit trail (every ledger action)."""
+"""Runs (every job execution), the audit trail (every ledger action) and job cursors:
+every statement on ``recon_runs``, ``recon_audit`` and ``recon_cursors``.
+
+A run's status is derived from what it accumulated (:class:`RunState`): cut short by Stripe
+or the blast-radius guard, or with errors, it is ``partial``, never ``succeeded``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, desc, select, update
 
-from reconcile.tables import audit, runs
+from reconcile.tables import audit, cursors, runs
 
 SUCCEEDED = "succeeded"
 PARTIAL = "partial"
@@ -171,3 +176,17 @@ def last_run(conn: Connection, job: str) -> Mapping[str, Any] | None:
 def get_run(conn: Connection, run_id: int) -> Mapping[str, Any] | None:
     row = conn.execute(select(runs).where(runs.c.id == run_id)).mappings().first()
     return dict(row) if row else None
+
+
+def get_cursor(conn: Connection, name: str) -> str | None:
+    value = conn.execute(select(cursors.c.value).where(cursors.c.name == name)).scalar()
+    return str(value) if value is not None else None
+
+
+def set_cursor(conn: Connection, name: str, value: str, *, now: datetime) -> None:
+    """Store where a job (the Events API catch-up) got to; the next run resumes there."""
+    changed = conn.execute(
+        update(cursors).where(cursors.c.name == name).values(value=value, updated_at=now)
+    ).rowcount
+    if not changed:
+        conn.execute(cursors.insert().values(name=name, value=value, updated_at=now))

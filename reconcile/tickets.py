@@ -1,13 +1,19 @@
-"""Discrepancy tickets: one open ticket per (kind, payment), with what a CX agent needs."""
+"""Discrepancy tickets and their deliveries: every statement on ``recon_tickets`` and
+``recon_ticket_deliveries``.
+
+One open ticket per (kind, payment), with what a CX agent needs; a delivery (outbox) row
+per configured sink, queued in the transaction that opens or escalates the ticket and
+drained by worker/sinks.py, which only formats and sends.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ledger.money import Money
@@ -23,6 +29,13 @@ from reconcile.tables import deliveries, tickets
 
 OPEN = "open"
 RESOLVED = "resolved"
+
+DELIVERY_PENDING = "pending"
+DELIVERY_DELIVERED = "delivered"
+DELIVERY_FAILED = "failed"
+
+EVENT_OPENED = "ticket.opened"
+EVENT_ESCALATED = "ticket.escalated"
 
 _FIXES: dict[TicketKind, str] = {
     TicketKind.AMOUNT_MISMATCH: (
@@ -267,7 +280,7 @@ def _queue_delivery(
                 ticket_id=ticket_id,
                 sink=sink,
                 severity=severity,
-                status="pending",
+                status=DELIVERY_PENDING,
                 attempts=0,
                 next_attempt_at=now,
                 created_at=now,
@@ -312,9 +325,136 @@ def open_kinds(conn: Connection, payment_ids: Sequence[str]) -> dict[str, set[st
     return out
 
 
-def get_ticket(conn: Connection, ticket_id: int) -> Mapping[str, Any] | None:
-    row = conn.execute(select(tickets).where(tickets.c.id == ticket_id)).mappings().first()
+def get_ticket(conn: Connection, ticket_id: int, *, lock: bool = False) -> dict[str, Any] | None:
+    """One ticket as a dict; ``lock`` holds its row until the caller's transaction ends."""
+    stmt = select(tickets).where(tickets.c.id == ticket_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = conn.execute(stmt).mappings().first()
     return dict(row) if row else None
+
+
+def close_ticket(conn: Connection, ticket_id: int, *, by: str, note: str, now: datetime) -> None:
+    conn.execute(
+        update(tickets)
+        .where(tickets.c.id == ticket_id)
+        .values(status=RESOLVED, resolved_at=now, resolved_by=by, resolution=note)
+    )
+
+
+# --------------------------------------------------------------------------- deliveries
+
+
+@dataclass(frozen=True)
+class DeliveryClaim:
+    id: int
+    sink: str
+    severity: int
+    attempts: int  # including this one
+    event: str  # EVENT_OPENED for a ticket's first delivery to a sink, else EVENT_ESCALATED
+    ticket: Mapping[str, Any]
+
+
+def claim_deliveries(
+    conn: Connection, *, now: datetime, limit: int, lease_until: datetime
+) -> list[DeliveryClaim]:
+    """Take up to ``limit`` due deliveries: each attempt is counted and the row is leased
+    (``next_attempt_at`` pushed to ``lease_until``) so a second deliverer skips it."""
+    due = (
+        select(deliveries.c.id)
+        .where(deliveries.c.status == DELIVERY_PENDING, deliveries.c.next_attempt_at <= now)
+        .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+        .limit(limit)
+        # SKIP LOCKED: a second worker takes other rows instead of waiting for these.
+        # SQLite ignores it; its write lock (BEGIN IMMEDIATE) serialises claims anyway.
+        .with_for_update(skip_locked=True)
+    )
+    rows = (
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.id.in_(due.scalar_subquery()))
+            # Counting the attempt at claim time means a row that crashes the worker
+            # still runs out of attempts instead of being retried for ever.
+            .values(attempts=deliveries.c.attempts + 1, next_attempt_at=lease_until)
+            .returning(
+                deliveries.c.id,
+                deliveries.c.ticket_id,
+                deliveries.c.sink,
+                deliveries.c.severity,
+                deliveries.c.attempts,
+            )
+        )
+        .mappings()
+        .all()
+    )
+    if not rows:
+        return []
+    ticket_ids = sorted({int(r["ticket_id"]) for r in rows})
+    # Plain reads: reconciliation may be updating these tickets and must not wait on us.
+    by_id = {
+        int(t["id"]): dict(t)
+        for t in conn.execute(select(tickets).where(tickets.c.id.in_(ticket_ids))).mappings()
+    }
+    first = {
+        (int(tid), str(sink)): int(first_id)
+        for tid, sink, first_id in conn.execute(
+            select(deliveries.c.ticket_id, deliveries.c.sink, func.min(deliveries.c.id))
+            .where(deliveries.c.ticket_id.in_(ticket_ids))
+            .group_by(deliveries.c.ticket_id, deliveries.c.sink)
+        )
+    }
+    claims = []
+    for r in sorted(rows, key=lambda r: int(r["id"])):
+        tid, sink = int(r["ticket_id"]), str(r["sink"])
+        claims.append(
+            DeliveryClaim(
+                id=int(r["id"]),
+                sink=sink,
+                severity=int(r["severity"]),
+                attempts=int(r["attempts"]),
+                event=EVENT_OPENED if first.get((tid, sink)) == int(r["id"]) else EVENT_ESCALATED,
+                ticket=by_id[tid],
+            )
+        )
+    return claims
+
+
+def mark_delivered(conn: Connection, claim: DeliveryClaim, now: datetime) -> None:
+    conn.execute(
+        update(deliveries)
+        .where(deliveries.c.id == claim.id, deliveries.c.status == DELIVERY_PENDING)
+        .values(status=DELIVERY_DELIVERED, delivered_at=now, last_error=None)
+    )
+
+
+def mark_delivery_failed(
+    conn: Connection, claim: DeliveryClaim, *, error: str, next_attempt_at: datetime, give_up: bool
+) -> None:
+    """A failed attempt: tried again at ``next_attempt_at``, or given up for good."""
+    conn.execute(
+        update(deliveries)
+        # ``attempts`` unchanged since our claim: nobody re-claimed it after the lease.
+        .where(
+            deliveries.c.id == claim.id,
+            deliveries.c.status == DELIVERY_PENDING,
+            deliveries.c.attempts == claim.attempts,
+        )
+        .values(
+            status=DELIVERY_FAILED if give_up else DELIVERY_PENDING,
+            last_error=error,
+            next_attempt_at=next_attempt_at,
+        )
+    )
+
+
+def requeue_failed_deliveries(
+    conn: Connection, *, now: datetime, ids: Iterable[int] | None = None
+) -> int:
+    stmt = update(deliveries).where(deliveries.c.status == DELIVERY_FAILED)
+    if ids is not None:
+        stmt = stmt.where(deliveries.c.id.in_(list(ids)))
+    result = conn.execute(stmt.values(status=DELIVERY_PENDING, attempts=0, next_attempt_at=now))
+    return int(result.rowcount or 0)
 
 
 def severity_label(value: int) -> str:

@@ -65,7 +65,7 @@ def main() -> int:
     configure_logging(json=False, level=logging.WARNING)
 
     from ledger.sql import SqlLedger
-    from reconcile.service import run_catch_up, run_scan, run_sweep
+    from reconcile.usecases import run_catch_up, run_scan, run_sweep
     from tests.support import epoch, seed_entry
     from worker import queue
     from worker.db import engine_for, upgrade

@@ -13,8 +13,9 @@ from sqlalchemy import Engine, create_engine, func, select, text
 
 from ledger.model import NewTransaction
 from ledger.sql import SqlLedger
-from reconcile.engine import Guard, Services
+from reconcile.guard import Guard
 from reconcile.model import Policy
+from reconcile.ports import Services
 from reconcile.ratelimit import LocalRateLimiter
 from reconcile.stripe_gateway import StripeGateway
 from reconcile.tables import tickets

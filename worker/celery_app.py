@@ -10,6 +10,10 @@ task is idempotent, so the redelivery that these settings allow is harmless.
 Without ``RECON_BROKER_URL`` the app points at the in-memory transport so that it still
 imports and a worker still starts, but nothing is sent through it: ``worker.queue`` runs
 tasks on an in-process thread pool instead (see there).
+
+The beat schedule is declared here, beside the rest of the app's configuration, from the
+interval settings; the tasks it names live in worker/tasks.py, which this module does not
+import (a process that only sends messages, like the intake, never loads the task code).
 """
 
 from __future__ import annotations
@@ -34,8 +38,6 @@ def make_app(
     settings: Settings | None = None, *, queue: str | None = None, set_as_current: bool = True
 ) -> Celery:
     """A configured app.  Tests make their own (another broker, a queue of their own)."""
-    from worker.tasks import beat_schedule
-
     settings = settings or get_settings()
     app = Celery("stripe_recon", set_as_current=set_as_current)
     conf: dict[str, Any] = {
@@ -77,6 +79,34 @@ def make_app(
         conf["task_default_queue"] = queue
     app.conf.update(conf)
     return app
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Beat entries from the interval settings; an interval of 0 disables its job.
+
+    Each message expires after one interval: if workers were down, a backlog of identical
+    runs would only queue up behind the lock."""
+    jobs = (
+        ("recon.sweep", settings.sweep_interval),
+        ("recon.catch_up", settings.catch_up_interval),
+        ("recon.scan_missing", settings.scan_interval),
+        ("inbox.redrive", settings.redrive_interval),
+        ("tickets.deliver", settings.deliver_interval),
+    )
+    schedule: dict[str, dict[str, Any]] = {}
+    for task, every in jobs:
+        seconds = every.total_seconds()
+        if seconds <= 0:
+            continue
+        no_trigger = ("inbox.redrive", "tickets.deliver")
+        kwargs: dict[str, Any] = {} if task in no_trigger else {"trigger": "beat"}
+        schedule[task] = {
+            "task": task,
+            "schedule": seconds,
+            "kwargs": kwargs,
+            "options": {"expires": seconds},
+        }
+    return schedule
 
 
 def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:

@@ -11,11 +11,9 @@ from typing import Any
 
 import structlog
 
+from reconcile.redact import redact
+
 _SECRET_KEY = re.compile(r"(secret|api_key|apikey|password|token|authorization|signature)", re.I)
-# Stripe keys and webhook secrets, and credentials inside URLs, wherever they appear in text.
-_SECRET_TEXT = re.compile(
-    r"((?:sk|rk|pk)_(?:live|test)_[A-Za-z0-9]+|whsec_[A-Za-z0-9+/=]+|(?<=://)[^/\s:@]+:[^/\s@]+(?=@))"
-)
 
 _configured = False
 
@@ -40,13 +38,9 @@ def _logger_factory(*_: Any) -> _StderrLogger:
     return _StderrLogger()
 
 
-def redact_text(text: str) -> str:
-    return _SECRET_TEXT.sub("***", text)
-
-
 def _redact(value: Any) -> Any:
     if isinstance(value, str):
-        return redact_text(value)
+        return redact(value)
     if isinstance(value, dict):
         return {k: ("***" if _SECRET_KEY.search(str(k)) else _redact(v)) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -1,5 +1,8 @@
 """Hand inbox events to the workers.  Call only after the commit that stored them.
 
+Every function takes the Celery app it sends through (worker/celery_app.py's ``app`` in
+production, a test's own app in tests); this module imports no app of its own.
+
 With a broker (``RECON_BROKER_URL``), one Celery message per event, carrying only the
 event id (the row in the inbox is the truth; a message is just a nudge, so a lost or
 duplicated one costs a redrive or a no-op, never money).  A broker failure raises
@@ -22,7 +25,8 @@ from typing import Any
 
 from celery import Celery
 
-from worker.logs import get_logger, redact_text
+from reconcile.redact import redact
+from worker.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -38,14 +42,7 @@ _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
 
 
-def _default_app() -> Celery:
-    from worker.celery_app import app
-
-    return app
-
-
-def in_process(app: Celery | None = None) -> bool:
-    app = app or _default_app()
+def in_process(app: Celery) -> bool:
     return bool(app.conf.get("recon_in_process", False))
 
 
@@ -61,6 +58,10 @@ def _pool() -> ThreadPoolExecutor:
 
 def _run_here(app: Celery, name: str, args: list[Any], kwargs: dict[str, Any]) -> None:
     try:
+        if name not in app.tasks:
+            # The app names its task modules (``include``) without importing them; a
+            # worker process loads them at start, this process on its first task.
+            app.loader.import_default_modules()
         app.tasks[name](*args, **kwargs)
     except Exception as exc:
         # The task already logged its summary line; this only keeps the pool thread alive.
@@ -71,8 +72,7 @@ def submit_in_process(app: Celery, name: str, *args: Any, **kwargs: Any) -> None
     _pool().submit(_run_here, app, name, list(args), kwargs)
 
 
-def enqueue_events(ids: Iterable[str], *, app: Celery | None = None) -> None:
-    app = app or _default_app()
+def enqueue_events(ids: Iterable[str], *, app: Celery) -> None:
     id_list = list(ids)
     if not id_list:
         return
@@ -85,10 +85,10 @@ def enqueue_events(ids: Iterable[str], *, app: Celery | None = None) -> None:
             for event_id in id_list:
                 app.send_task(PROCESS_EVENT, args=[event_id], producer=producer, retry=True)
     except Exception as exc:
-        raise EnqueueError(redact_text(f"{type(exc).__name__}: {exc}")) from exc
+        raise EnqueueError(redact(f"{type(exc).__name__}: {exc}")) from exc
 
 
-def enqueue_event(event_id: str, *, app: Celery | None = None) -> None:
+def enqueue_event(event_id: str, *, app: Celery) -> None:
     enqueue_events([event_id], app=app)
 
 
@@ -134,5 +134,5 @@ class InProcessBeat:
             self._stop.wait(max(0.05, min(e[0] for e in entries) - self.clock()))
 
 
-def start_in_process_beat(app: Celery | None = None) -> InProcessBeat:
-    return InProcessBeat(app or _default_app()).start()
+def start_in_process_beat(app: Celery) -> InProcessBeat:
+    return InProcessBeat(app).start()

@@ -23,27 +23,21 @@ import random
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import requests
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine
 
 from ledger.money import Money
+from reconcile import tickets
 from reconcile.model import Severity
-from reconcile.tables import deliveries, tickets
-from worker.logs import get_logger, redact_text
+from reconcile.redact import redact
+from reconcile.tickets import EVENT_ESCALATED, DeliveryClaim
+from worker.logs import get_logger
 from worker.settings import Settings
 
 DELIVERY_TASK_NAME = "tickets.deliver"
-
-PENDING = "pending"
-DELIVERED = "delivered"
-FAILED = "failed"
-
-EVENT_OPENED = "ticket.opened"
-EVENT_ESCALATED = "ticket.escalated"
 
 SIGNATURE_HEADER = "X-Recon-Signature"
 DELIVERY_HEADER = "X-Recon-Delivery"
@@ -70,7 +64,7 @@ def sign(body: bytes, secret: str, timestamp: int) -> str:
     return f"t={timestamp},v1={mac.hexdigest()}"
 
 
-def verify_signature(
+def verify_ticket_signature(
     body: bytes,
     header: str,
     secret: str,
@@ -249,7 +243,7 @@ def _post(session: requests.Session, url: str, body: bytes, headers: dict[str, s
     raise SendError(short)
 
 
-def _send_webhook(session: requests.Session, settings: Settings, claim: _Claim) -> None:
+def _send_webhook(session: requests.Session, settings: Settings, claim: DeliveryClaim) -> None:
     global _warned_unsigned
     url = settings.ticket_webhook_url
     if not url:
@@ -275,7 +269,7 @@ def _send_webhook(session: requests.Session, settings: Settings, claim: _Claim) 
     _post(session, url, body, headers)
 
 
-def _send_slack(session: requests.Session, settings: Settings, claim: _Claim) -> None:
+def _send_slack(session: requests.Session, settings: Settings, claim: DeliveryClaim) -> None:
     url = settings.slack_webhook_url
     if not url:
         raise SendError("slack sink not configured")
@@ -287,16 +281,6 @@ def _send_slack(session: requests.Session, settings: Settings, claim: _Claim) ->
 
 
 # --------------------------------------------------------------------------- the task
-
-
-@dataclass(frozen=True)
-class _Claim:
-    id: int
-    sink: str
-    severity: int
-    attempts: int  # including this one
-    event: str
-    ticket: Mapping[str, Any]
 
 
 def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
@@ -317,77 +301,13 @@ def _lease(limit: int) -> timedelta:
     return timedelta(seconds=60 + limit * 2 * TIMEOUT_SECONDS)
 
 
-def _claim(engine: Engine, now: datetime, limit: int) -> list[_Claim]:
-    lease_until = now + _lease(limit)
-    due = (
-        select(deliveries.c.id)
-        .where(deliveries.c.status == PENDING, deliveries.c.next_attempt_at <= now)
-        .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
-        .limit(limit)
-        # SKIP LOCKED: a second worker takes other rows instead of waiting for these.
-        # SQLite ignores it; its write lock (BEGIN IMMEDIATE) serialises claims anyway.
-        .with_for_update(skip_locked=True)
-    )
-    with engine.begin() as conn:
-        rows = (
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id.in_(due.scalar_subquery()))
-                # Counting the attempt at claim time means a row that crashes the worker
-                # still runs out of attempts instead of being retried for ever.
-                .values(attempts=deliveries.c.attempts + 1, next_attempt_at=lease_until)
-                .returning(
-                    deliveries.c.id,
-                    deliveries.c.ticket_id,
-                    deliveries.c.sink,
-                    deliveries.c.severity,
-                    deliveries.c.attempts,
-                )
-            )
-            .mappings()
-            .all()
-        )
-        if not rows:
-            return []
-        ticket_ids = sorted({int(r["ticket_id"]) for r in rows})
-        # Plain reads: reconciliation may be updating these tickets and must not wait on us.
-        by_id = {
-            int(t["id"]): dict(t)
-            for t in conn.execute(select(tickets).where(tickets.c.id.in_(ticket_ids)))
-            .mappings()
-            .all()
-        }
-        first = {
-            (int(tid), str(sink)): int(first_id)
-            for tid, sink, first_id in conn.execute(
-                select(deliveries.c.ticket_id, deliveries.c.sink, func.min(deliveries.c.id))
-                .where(deliveries.c.ticket_id.in_(ticket_ids))
-                .group_by(deliveries.c.ticket_id, deliveries.c.sink)
-            )
-        }
-    claims = []
-    for r in sorted(rows, key=lambda r: int(r["id"])):
-        tid, sink = int(r["ticket_id"]), str(r["sink"])
-        claims.append(
-            _Claim(
-                id=int(r["id"]),
-                sink=sink,
-                severity=int(r["severity"]),
-                attempts=int(r["attempts"]),
-                event=EVENT_OPENED if first.get((tid, sink)) == int(r["id"]) else EVENT_ESCALATED,
-                ticket=by_id[tid],
-            )
-        )
-    return claims
-
-
 def _scrub(text: str, secrets: Iterable[str | None]) -> str:
     # Belt and braces: whatever path produced the text, no configured secret or sink URL
     # leaves this function, and known credential shapes are masked too.
     for s in secrets:
         if s:
             text = text.replace(s, "***")
-    return redact_text(text)[:200]
+    return redact(text)[:200]
 
 
 def deliver_due(
@@ -406,7 +326,10 @@ def deliver_due(
     """
     now = now or datetime.now(UTC)
     counts = {"claimed": 0, "delivered": 0, "retrying": 0, "gave_up": 0}
-    claims = _claim(engine, now, limit)
+    with engine.begin() as conn:
+        claims = tickets.claim_deliveries(
+            conn, now=now, limit=limit, lease_until=now + _lease(limit)
+        )
     if not claims:
         return counts
     counts["claimed"] = len(claims)
@@ -439,31 +362,18 @@ def deliver_due(
     return counts
 
 
-def _record(engine: Engine, claim: _Claim, now: datetime, error: str | None) -> str:
+def _record(engine: Engine, claim: DeliveryClaim, now: datetime, error: str | None) -> str:
     fields = {"delivery_id": claim.id, "ticket_id": claim.ticket["id"], "sink": claim.sink}
+    if error is None:
+        with engine.begin() as conn:
+            tickets.mark_delivered(conn, claim, now)
+        log.info("ticket_delivered", attempts=claim.attempts, **fields)
+        return "delivered"
+    gave_up = claim.attempts >= MAX_ATTEMPTS
+    retry_at = now if gave_up else now + backoff(claim.attempts)
     with engine.begin() as conn:
-        if error is None:
-            conn.execute(
-                update(deliveries)
-                .where(deliveries.c.id == claim.id, deliveries.c.status == PENDING)
-                .values(status=DELIVERED, delivered_at=now, last_error=None)
-            )
-            log.info("ticket_delivered", attempts=claim.attempts, **fields)
-            return "delivered"
-        gave_up = claim.attempts >= MAX_ATTEMPTS
-        conn.execute(
-            update(deliveries)
-            # ``attempts`` unchanged since our claim: nobody re-claimed it after the lease.
-            .where(
-                deliveries.c.id == claim.id,
-                deliveries.c.status == PENDING,
-                deliveries.c.attempts == claim.attempts,
-            )
-            .values(
-                status=FAILED if gave_up else PENDING,
-                last_error=error,
-                next_attempt_at=now if gave_up else now + backoff(claim.attempts),
-            )
+        tickets.mark_delivery_failed(
+            conn, claim, error=error, next_attempt_at=retry_at, give_up=gave_up
         )
     if gave_up:
         log.error("ticket_delivery_failed", attempts=claim.attempts, error=error, **fields)
@@ -476,10 +386,5 @@ def requeue_failed(
     engine: Engine, *, ids: Iterable[int] | None = None, now: datetime | None = None
 ) -> int:
     """Give failed deliveries a fresh set of attempts (after fixing the sink); answers how many."""
-    now = now or datetime.now(UTC)
-    stmt = update(deliveries).where(deliveries.c.status == FAILED)
-    if ids is not None:
-        stmt = stmt.where(deliveries.c.id.in_(list(ids)))
     with engine.begin() as conn:
-        result = conn.execute(stmt.values(status=PENDING, attempts=0, next_attempt_at=now))
-        return int(result.rowcount or 0)
+        return tickets.requeue_failed_deliveries(conn, now=now or datetime.now(UTC), ids=ids)

@@ -1,4 +1,4 @@
-"""Celery tasks and the beat schedule that runs the periodic ones.
+"""Celery tasks (the beat schedule that runs the periodic ones is in worker/celery_app.py).
 
 Every task is idempotent (the inbox, ledger and runs tables carry the state, a message is
 only a nudge), so acks_late redelivery and retries are safe.  Retries are automatic only
@@ -28,13 +28,16 @@ from celery.exceptions import Ignore, Retry
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from reconcile.redact import redact
+from reconcile.stripe_gateway import StripeUnavailable
 from worker import metrics
 from worker.locks import LockBackend, default_backend, job_lock
-from worker.logs import get_logger, redact_text
+from worker.logs import get_logger
+from worker.queue import enqueue_events
 from worker.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from reconcile.service import Services
+    from reconcile.ports import Services
 
 log = get_logger(__name__)
 
@@ -43,18 +46,9 @@ MAX_EVENT_ATTEMPTS = 10
 REDRIVE_LIMIT = 1000
 
 
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OperationalError, PoolTimeout]
-    try:
-        from reconcile.stripe_gateway import StripeUnavailable
-    except ImportError:  # pragma: no cover - the gateway ships with the service
-        pass
-    else:
-        errors.append(StripeUnavailable)
-    return tuple(errors)
-
-
-TRANSIENT = _transient_errors()
+# Worth a retry with backoff: the database or Stripe is away for a while (the gateway has
+# already spent its own retries by the time StripeUnavailable reaches us).
+TRANSIENT: tuple[type[BaseException], ...] = (OperationalError, PoolTimeout, StripeUnavailable)
 
 
 # Indirections so tests (and an embedding process) can swap the process-wide wiring.
@@ -122,7 +116,7 @@ class ReconTask(Task):  # type: ignore[misc]
             outcome = "ignored"
             raise
         except Exception as exc:
-            summary = {"error": redact_text(f"{type(exc).__name__}: {exc}")[:500]}
+            summary = {"error": redact(f"{type(exc).__name__}: {exc}")[:500]}
             raise
         finally:
             elapsed = time.perf_counter() - started
@@ -187,9 +181,9 @@ def _task(name: str) -> Callable[[Callable[..., Any]], Any]:
 
 @_task("stripe.process_event")
 def process_event(self: ReconTask, event_id: str) -> dict[str, Any]:
-    from reconcile import service
+    from reconcile import usecases
 
-    outcome = service.process_event(_services(), event_id)
+    outcome = usecases.process_event(_services(), event_id)
     payment_id = getattr(outcome, "payment_id", None)
     if payment_id:
         structlog.contextvars.bind_contextvars(payment_id=payment_id)
@@ -207,11 +201,11 @@ def sweep(
     limit: int | None = None,
     rerun_of: int | None = None,
 ) -> dict[str, Any]:
-    from reconcile import service
+    from reconcile import usecases
 
     return _run_job(
         "recon.sweep",
-        service.run_sweep,
+        usecases.run_sweep,
         trigger=trigger,
         actor=actor,
         dry_run=dry_run,
@@ -231,11 +225,11 @@ def catch_up(
     since: str | None = None,
     rerun_of: int | None = None,
 ) -> dict[str, Any]:
-    from reconcile import service
+    from reconcile import usecases
 
     return _run_job(
         "recon.catch_up",
-        service.run_catch_up,
+        usecases.run_catch_up,
         trigger=trigger,
         actor=actor,
         dry_run=dry_run,
@@ -255,13 +249,13 @@ def scan_missing(
     until: str | None = None,
     rerun_of: int | None = None,
 ) -> dict[str, Any]:
-    from reconcile import service
+    from reconcile import usecases
 
     end = _time(until) or _now()
     start = _time(since) or end - _settings().scan_window
     return _run_job(
         "recon.scan_missing",
-        service.run_scan,
+        usecases.run_scan,
         trigger=trigger,
         actor=actor,
         dry_run=dry_run,
@@ -280,7 +274,6 @@ def redrive(
     max_attempts: int = MAX_EVENT_ATTEMPTS,
 ) -> dict[str, Any]:
     from reconcile import inbox
-    from worker.queue import enqueue_events
 
     settings = _settings()
     age = _seconds(older_than_seconds)
@@ -313,34 +306,3 @@ def deliver_tickets(self: ReconTask, *, limit: int = 100) -> dict[str, Any]:
         if not held:
             return {"status": "skipped"}
         return {"status": "ok", **deliver_due(_services().engine, _settings(), limit=limit)}
-
-
-# --------------------------------------------------------------------------- beat
-
-
-def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Beat entries from the interval settings; an interval of 0 disables its job.
-
-    Each message expires after one interval: if workers were down, a backlog of identical
-    runs would only queue up behind the lock."""
-    jobs = (
-        ("recon.sweep", settings.sweep_interval),
-        ("recon.catch_up", settings.catch_up_interval),
-        ("recon.scan_missing", settings.scan_interval),
-        ("inbox.redrive", settings.redrive_interval),
-        ("tickets.deliver", settings.deliver_interval),
-    )
-    schedule: dict[str, dict[str, Any]] = {}
-    for task, every in jobs:
-        seconds = every.total_seconds()
-        if seconds <= 0:
-            continue
-        no_trigger = ("inbox.redrive", "tickets.deliver")
-        kwargs: dict[str, Any] = {} if task in no_trigger else {"trigger": "beat"}
-        schedule[task] = {
-            "task": task,
-            "schedule": seconds,
-            "kwargs": kwargs,
-            "options": {"expires": seconds},
-        }
-    return schedule

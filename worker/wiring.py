@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from sqlalchemy import Connection
 
 from ledger.protocol import Ledger
 from ledger.sql import SqlLedger
-from reconcile.engine import Guard, Hooks, Services
+from reconcile.guard import Guard
+from reconcile.ports import Hooks, Services
 from reconcile.ratelimit import RateLimiter, make_rate_limiter
 from reconcile.stripe_gateway import StripeGateway
 from worker import metrics
@@ -32,11 +34,17 @@ def sinks_of(settings: Settings) -> tuple[str, ...]:
     return tuple(out)
 
 
-def build_services(settings: Settings, *, enqueue: object = None) -> Services:
+def ledger_factory(settings: Settings) -> Callable[[Connection], Ledger]:
+    """The configured ledger, bound to a connection of the service's database."""
     if settings.ledger != "sql":
         raise ConfigError(
             f"RECON_LEDGER={settings.ledger!r} is not available in this build; use 'sql'"
         )
+    return SqlLedger
+
+
+def build_services(settings: Settings) -> Services:
+    ledger_for = ledger_factory(settings)
     engine = engine_for(settings.database_url)
     limiter: RateLimiter = make_rate_limiter(settings.redis_url, settings.stripe_rate_limit)
     api_key = settings.stripe_api_key.get_secret_value()
@@ -50,9 +58,6 @@ def build_services(settings: Settings, *, enqueue: object = None) -> Services:
             limiter,
             on_request=metrics.stripe_request,
         )
-
-    def ledger_for(conn: Connection) -> Ledger:
-        return SqlLedger(conn)
 
     return Services(
         engine=engine,
@@ -75,7 +80,6 @@ def build_services(settings: Settings, *, enqueue: object = None) -> Services:
             run=metrics.count_run,
             stripe_request=metrics.stripe_request,
         ),
-        enqueue=enqueue,  # type: ignore[arg-type]
     )
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 
 from ledger.sql import SqlLedger, transactions
-from reconcile.service import run_sweep
+from reconcile.usecases import run_sweep
 from tests.bench.ledger import bulk_seed_inflight
 from tests.stripe_server import run_server
 from tests.support import make_services, throwaway_schema

@@ -507,7 +507,7 @@ def test_signed_webhook_helper_output_is_what_the_official_library_verifies() ->
 def test_a_dead_broker_is_tried_once_then_skipped_briefly_every_id_counted_as_not_enqueued() -> (
     None
 ):
-    from worker.intake import Publisher
+    from worker.intake.publisher import Publisher
 
     tried: list[str] = []
 

@@ -309,7 +309,7 @@ def test_an_overlapping_run_of_a_periodic_job_is_skipped(pg_engine, monkeypatch)
 
     monkeypatch.setattr(tasks, "_services", lambda: Svc())
     monkeypatch.setattr(tasks, "_settings", lambda: Settings(redis_url=None))
-    import reconcile.service as service
+    import reconcile.usecases as service
 
     def fake_sweep(svc: Any, **kw: Any) -> Any:
         calls.append(kw["trigger"])
@@ -339,7 +339,7 @@ def test_the_beat_schedule_runs_each_periodic_job_at_its_configured_interval() -
         redrive_interval="0s",
         deliver_interval="30s",
     )
-    schedule = tasks.beat_schedule(settings)
+    schedule = celery_module.beat_schedule(settings)
     assert {name: entry["schedule"] for name, entry in schedule.items()} == {
         "recon.sweep": 300.0,
         "recon.catch_up": 900.0,
@@ -378,7 +378,7 @@ def test_the_celery_app_acks_late_speaks_json_only_and_runs_in_process_without_a
 
 def test_a_task_binds_its_log_context_while_it_runs_and_leaves_none_behind(monkeypatch) -> None:
     seen: dict[str, Any] = {}
-    import reconcile.service as service
+    import reconcile.usecases as service
 
     def fake_process(svc: Any, event_id: str, **_: Any) -> Any:
         seen.update(structlog.contextvars.get_contextvars())
@@ -432,7 +432,7 @@ def test_redrive_picks_pending_and_retryable_failed_rows_old_enough_only(pg_engi
 def test_without_a_broker_events_are_processed_on_the_in_process_pool(monkeypatch) -> None:
     import threading
 
-    import reconcile.service as service
+    import reconcile.usecases as service
     from worker.queue import enqueue_events, in_process
 
     done = threading.Event()

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import Engine, select
 
 from ledger.sql import SqlLedger, transactions
-from reconcile.engine import Guard
+from reconcile.guard import Guard
 from reconcile.model import Policy
-from reconcile.service import reconcile_payment, run_catch_up, run_scan, run_sweep
 from reconcile.tables import audit, runs
+from reconcile.usecases import reconcile_payment, run_catch_up, run_scan, run_sweep
 from tests.stripe_server import run_server
 from tests.support import ago, epoch, make_services, open_tickets, seed_entry
 

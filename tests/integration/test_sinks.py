@@ -22,10 +22,10 @@ from reconcile.model import (
     TicketSpec,
 )
 from reconcile.tables import deliveries
-from reconcile.tickets import TicketFacts, raise_ticket
+from reconcile.tickets import TicketFacts, claim_deliveries, raise_ticket
 from worker import sinks
 from worker.settings import Settings
-from worker.sinks import MAX_ATTEMPTS, deliver_due, requeue_failed, sign, verify_signature
+from worker.sinks import MAX_ATTEMPTS, deliver_due, requeue_failed, sign, verify_ticket_signature
 
 pytestmark = pytest.mark.integration
 
@@ -134,10 +134,10 @@ def test_the_webhook_receives_the_ticket_as_signed_json_that_verify_signature_ac
     delivery = by_sink(pg_engine, "webhook")
     assert call.request.headers["X-Recon-Delivery"] == str(delivery["id"])
     header = call.request.headers["X-Recon-Signature"]
-    assert verify_signature(body, header, SECRET)
-    assert not verify_signature(body.replace(b"123456", b"999999"), header, SECRET)
-    assert not verify_signature(body, header, "another-secret")
-    assert not verify_signature(body, header, SECRET, now=time.time() + 301)
+    assert verify_ticket_signature(body, header, SECRET)
+    assert not verify_ticket_signature(body.replace(b"123456", b"999999"), header, SECRET)
+    assert not verify_ticket_signature(body, header, "another-secret")
+    assert not verify_ticket_signature(body, header, SECRET, now=time.time() + 301)
     assert delivery["status"] == "delivered"
     assert delivery["delivered_at"] == NOW
     assert delivery["attempts"] == 1
@@ -148,14 +148,14 @@ def test_verify_signature_refuses_malformed_and_stale_headers() -> None:
     body = b'{"a":1}'
     ts = 1_700_000_000
     good = sign(body, SECRET, ts)
-    assert verify_signature(body, good, SECRET, now=ts + 10)
+    assert verify_ticket_signature(body, good, SECRET, now=ts + 10)
     # A receiver may see several v1 values during a secret rotation: any match is enough.
-    assert verify_signature(body, f"{good},v1=00ff", SECRET, now=ts)
-    assert not verify_signature(body, good, SECRET, now=ts + 301)
-    assert not verify_signature(body, good.replace(f"t={ts}", f"t={ts + 1}"), SECRET, now=ts)
+    assert verify_ticket_signature(body, f"{good},v1=00ff", SECRET, now=ts)
+    assert not verify_ticket_signature(body, good, SECRET, now=ts + 301)
+    assert not verify_ticket_signature(body, good.replace(f"t={ts}", f"t={ts + 1}"), SECRET, now=ts)
     for header in ("", "garbage", f"t={ts}", "v1=abc", f"t=x,{good.split(',')[1]}"):
-        assert not verify_signature(body, header, SECRET, now=ts)
-    assert not verify_signature(body, good, "", now=ts)
+        assert not verify_ticket_signature(body, header, SECRET, now=ts)
+    assert not verify_ticket_signature(body, good, "", now=ts)
 
 
 @responses.activate
@@ -405,7 +405,8 @@ def test_a_worker_that_died_after_claiming_lets_the_lease_lapse_and_the_row_is_s
 ) -> None:
     open_ticket(pg_engine, sinks_=("webhook",))
     # A claim whose worker never recorded anything: the row sits leased.
-    claims = sinks._claim(pg_engine, NOW, limit=10)
+    with pg_engine.begin() as conn:
+        claims = claim_deliveries(conn, now=NOW, limit=10, lease_until=NOW + timedelta(minutes=5))
     assert len(claims) == 1
     leased_until = by_sink(pg_engine, "webhook")["next_attempt_at"]
     assert leased_until > NOW

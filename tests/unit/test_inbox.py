@@ -11,11 +11,11 @@ import pytest
 
 from reconcile.inbox import (
     InvalidEvent,
+    event_payment_id,
     initial_status,
     is_handled,
     mark_failed,
     parse_event,
-    payment_id_of,
 )
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "stripe-fixtures" / "fixtures3.json"
@@ -67,7 +67,7 @@ def obj(kind: str, **changes: Any) -> dict[str, Any]:
 )
 def test_a_payment_intent_event_is_about_its_own_object(event_type: str) -> None:
     evt = event(event_type, obj("payment_intent", id=PI))
-    assert payment_id_of(evt) == PI
+    assert event_payment_id(evt) == PI
 
 
 @pytest.mark.parametrize(
@@ -84,23 +84,23 @@ def test_a_payment_intent_event_is_about_its_own_object(event_type: str) -> None
 def test_charge_refund_and_dispute_events_point_at_their_payment_intent(
     event_type: str, kind: str
 ) -> None:
-    assert payment_id_of(event(event_type, obj(kind, payment_intent=PI))) == PI
+    assert event_payment_id(event(event_type, obj(kind, payment_intent=PI))) == PI
 
 
 def test_an_expanded_payment_intent_on_a_charge_is_followed_to_its_id() -> None:
     expanded = obj("payment_intent", id=PI)
-    assert payment_id_of(event("charge.succeeded", obj("charge", payment_intent=expanded))) == PI
+    assert event_payment_id(event("charge.succeeded", obj("charge", payment_intent=expanded))) == PI
 
 
 def test_a_charge_without_a_payment_intent_names_none_and_is_stored_ignored() -> None:
     evt = event("charge.succeeded", obj("charge", payment_intent=None))
-    assert payment_id_of(evt) is None
+    assert event_payment_id(evt) is None
     assert initial_status(evt) == "ignored"
 
 
 def test_events_of_other_families_name_no_payment_and_are_stored_ignored() -> None:
     evt = copy.deepcopy(RES["event"])  # Stripe's example: plan.created
-    assert payment_id_of(evt) is None
+    assert event_payment_id(evt) is None
     assert not is_handled(evt["type"])
     assert initial_status(evt) == "ignored"
 

@@ -20,13 +20,14 @@ import responses
 import stripe
 
 from reconcile.model import PaymentStatus
+from reconcile.stripe_batch import fetch_many
 from reconcile.stripe_gateway import (
     StripeAuthError,
     StripeGateway,
     StripeRequestError,
     StripeUnavailable,
-    payment_from_stripe,
 )
+from reconcile.stripe_objects import payment_from_stripe
 
 BASE = "http://stripe.test"
 API_KEY = "sk_test_51VerySecretKeyDoNotLog"
@@ -561,7 +562,7 @@ def test_fetch_many_reads_a_dense_batch_with_a_few_list_calls(fake, make_gateway
     fake.add(*pis)
     gateway = make_gateway()
 
-    result = gateway.fetch_many([(pi["id"], ledger_time(pi)) for pi in pis])
+    result = fetch_many(gateway, [(pi["id"], ledger_time(pi)) for pi in pis])
 
     assert set(result) == {pi["id"] for pi in pis}
     assert all(p is not None and p.id == pid for pid, p in result.items())
@@ -573,7 +574,7 @@ def test_fetch_many_retrieves_sparse_ids_one_by_one(fake, make_gateway):
     pis = [make_pi(f"pi_sparse_{i}", created=T0 + i * 86_400) for i in range(5)]
     fake.add(*pis)
 
-    result = make_gateway().fetch_many([(pi["id"], ledger_time(pi)) for pi in pis])
+    result = fetch_many(make_gateway(), [(pi["id"], ledger_time(pi)) for pi in pis])
 
     assert all(result[pi["id"]] is not None for pi in pis)
     assert fake.counts == {"retrieve": 5}
@@ -591,7 +592,7 @@ def test_fetch_many_falls_back_to_retrieve_for_what_the_list_window_did_not_hold
         ("pi_unknown", ledger_time(pis[9])),
     ]
 
-    result = make_gateway().fetch_many(items)
+    result = fetch_many(make_gateway(), items)
 
     assert result["pi_late"] is not None and result["pi_late"].id == "pi_late"
     assert result["pi_unknown"] is None
@@ -603,14 +604,14 @@ def test_fetch_many_answers_every_requested_id_once_even_when_repeated(fake, mak
     pi = make_pi("pi_1")
     fake.add(pi)
 
-    result = make_gateway().fetch_many([("pi_1", ledger_time(pi)), ("pi_1", ledger_time(pi))])
+    result = fetch_many(make_gateway(), [("pi_1", ledger_time(pi)), ("pi_1", ledger_time(pi))])
 
     assert list(result) == ["pi_1"]
     assert fake.counts == {"retrieve": 1}
 
 
 def test_fetch_many_of_nothing_makes_no_call(fake, make_gateway):
-    assert make_gateway().fetch_many([]) == {}
+    assert fetch_many(make_gateway(), []) == {}
     assert fake.requests == []
 
 
@@ -621,7 +622,7 @@ def test_fetch_many_stops_listing_when_stripe_is_far_denser_than_the_batch(fake,
     wanted = [make_pi(f"pi_w{i}", created=T0 + 3600 + i * 60) for i in range(8)]
     fake.add(*wanted)
 
-    result = make_gateway().fetch_many([(pi["id"], ledger_time(pi)) for pi in wanted])
+    result = fetch_many(make_gateway(), [(pi["id"], ledger_time(pi)) for pi in wanted])
 
     assert all(result[pi["id"]] is not None for pi in wanted)
     assert fake.counts["list"] <= 1  # at most one page spent learning the density
@@ -641,7 +642,7 @@ def test_fetch_many_lists_a_dense_burst_even_when_a_sparse_chain_links_it_to_oth
     fake.add(*chain)
     wanted = burst + chain
 
-    result = make_gateway().fetch_many([(pi["id"], ledger_time(pi)) for pi in wanted])
+    result = fetch_many(make_gateway(), [(pi["id"], ledger_time(pi)) for pi in wanted])
 
     assert all(result[pi["id"]] is not None for pi in wanted)
     calls = sum(fake.counts.values())
@@ -655,7 +656,7 @@ def test_fetch_many_lists_the_dense_part_and_retrieves_the_sparse_part(fake, mak
     sparse = [make_pi(f"pi_s{i}", created=T0 + 50_000 + i * 20_000) for i in range(4)]
     fake.add(*dense, *sparse)
 
-    result = make_gateway().fetch_many([(pi["id"], ledger_time(pi)) for pi in dense + sparse])
+    result = fetch_many(make_gateway(), [(pi["id"], ledger_time(pi)) for pi in dense + sparse])
 
     assert all(p is not None for p in result.values()) and len(result) == 304
     assert fake.counts == {"list": 3, "retrieve": 4}
@@ -670,7 +671,9 @@ def test_fetch_many_calls_per_payment_for_10000_dense_payments_over_3_hours(fake
     fake.add(*pis)
     gateway = make_gateway()
 
-    result = gateway.fetch_many([(pi["id"], ledger_time(pi, lag=rng.uniform(0, 30))) for pi in pis])
+    result = fetch_many(
+        gateway, [(pi["id"], ledger_time(pi, lag=rng.uniform(0, 30))) for pi in pis]
+    )
 
     per_payment = gateway.snapshot()["calls"] / len(pis)
     print(f"fetch_many dense: {gateway.snapshot()['calls']} calls, {per_payment:.4f} per payment")

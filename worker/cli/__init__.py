@@ -45,9 +45,10 @@ def serve(
         fail("STRIPE_WEBHOOK_SECRET is not set: the intake cannot verify any webhook")
     if settings.broker_url is None and workers == 1:
         # Embedded mode: no Celery beat, so this process runs the periodic jobs itself.
+        from worker.celery_app import app as celery_app
         from worker.queue import start_in_process_beat
 
-        start_in_process_beat()
+        start_in_process_beat(celery_app)
     # worker.intake.serve binds the socket itself: uvicorn's own multi-worker mode leaves
     # Nagle on and adds ~40 ms to every answer; it also pools metrics across workers.
     run_intake(host=host, port=port, workers=workers, log_level="warning")

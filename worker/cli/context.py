@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from ledger.sql import SqlLedger
+from ledger.protocol import Ledger
 from worker.cli.output import fail
 from worker.db import engine_for
 from worker.settings import Settings
@@ -53,10 +53,19 @@ class App:
             finally:
                 nested.rollback()
 
+    @cached_property
+    def ledger_for(self) -> Callable[[Connection], Ledger]:
+        from worker.wiring import ConfigError, ledger_factory
+
+        try:
+            return ledger_factory(self.settings)
+        except ConfigError as exc:
+            fail(str(exc))
+
     @contextmanager
-    def ledger(self) -> Iterator[SqlLedger]:
+    def ledger(self) -> Iterator[Ledger]:
         with self.begin() as conn:
-            yield SqlLedger(conn)
+            yield self.ledger_for(conn)
 
 
 app_state = App()

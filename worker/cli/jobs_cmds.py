@@ -16,16 +16,25 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import desc, select
 
 from ledger.money import Money
-from reconcile import inbox
-from reconcile.engine import Services, to_entry
-from reconcile.runs import RunResult, finish_run, get_run, start_run
-from reconcile.service import reconcile_payment, run_catch_up, run_scan, run_sweep
+from reconcile.engine import to_entry
+from reconcile.ports import Services
+from reconcile.runs import RunResult
 from reconcile.stripe_gateway import StripeGateway, StripeGatewayError
-from reconcile.tables import audit, runs
 from reconcile.tickets import entry_state, payment_state
+from reconcile.usecases import (
+    BadRequest,
+    NotFound,
+    plan_rerun,
+    reconcile_payment,
+    replay_event,
+    rerun,
+    run_catch_up,
+    run_scan,
+    run_sweep,
+)
+from reconcile.views import list_runs, run_with_audit
 from worker.cli.context import app_state
 from worker.cli.output import (
     EXIT_ATTENTION,
@@ -167,7 +176,9 @@ def _run_job(job: Callable[..., RunResult], label: str, **kw: Any) -> RunResult:
     try:
         with _progress(label) as progress:
             return job(progress=progress, **kw)
-    except ValueError as exc:
+    except NotFound as exc:
+        fail(str(exc), EXIT_ATTENTION)
+    except (BadRequest, ValueError) as exc:
         fail(str(exc))
     except StripeGatewayError as exc:
         fail(f"Stripe: {exc}", EXIT_ATTENTION)
@@ -176,34 +187,11 @@ def _run_job(job: Callable[..., RunResult], label: str, **kw: Any) -> RunResult:
 # -- the jobs -------------------------------------------------------------------------------
 
 
-def _sweep(
-    older_than: timedelta | None,
-    limit: int | None,
-    dry_run: bool,
-    yes: bool,
-    actor: str,
-    as_json: bool,
-    rerun_of: int | None = None,
-) -> None:
-    svc, _ = _services()
-    age = older_than if older_than is not None else svc.sweep_min_age
-    if not dry_run:
-        with app_state.begin() as conn:
-            waiting = len(svc.ledger_for(conn).list_inflight(svc.clock() - age, HANDFUL + 1))
-        if waiting > HANDFUL and (limit is None or limit > HANDFUL):
-            _confirm(f"sweep will reconcile more than {HANDFUL} inflight entries", yes)
-    result = _run_job(
-        run_sweep,
-        "sweep",
-        svc=svc,
-        trigger="rerun" if rerun_of else "cli",
-        actor=actor,
-        dry_run=dry_run,
-        older_than=age,
-        limit=limit,
-        rerun_of=rerun_of,
-    )
-    _finish(result, dry_run, as_json)
+def _confirm_sweep(svc: Services, age: timedelta, limit: int | None, yes: bool) -> None:
+    with app_state.begin() as conn:
+        waiting = len(svc.ledger_for(conn).list_inflight(svc.clock() - age, HANDFUL + 1))
+    if waiting > HANDFUL and (limit is None or limit > HANDFUL):
+        _confirm(f"sweep will reconcile more than {HANDFUL} inflight entries", yes)
 
 
 def sweep(
@@ -221,22 +209,19 @@ def sweep(
         age = parse_duration(older_than) if older_than is not None else None
     except BadDuration as exc:
         fail(f"--older-than: {exc}")
-    _sweep(age, limit, dry_run, yes, _operator(by), as_json)
-
-
-def _catch_up(
-    since: datetime | None, dry_run: bool, actor: str, as_json: bool, rerun_of: int | None = None
-) -> None:
     svc, _ = _services()
+    age = age if age is not None else svc.sweep_min_age
+    if not dry_run:
+        _confirm_sweep(svc, age, limit, yes)
     result = _run_job(
-        run_catch_up,
-        "catch-up: events",
+        run_sweep,
+        "sweep",
         svc=svc,
-        trigger="rerun" if rerun_of else "cli",
-        actor=actor,
+        trigger="cli",
+        actor=_operator(by),
         dry_run=dry_run,
-        since=since,
-        rerun_of=rerun_of,
+        older_than=age,
+        limit=limit,
     )
     _finish(result, dry_run, as_json)
 
@@ -253,34 +238,15 @@ def catch_up(
     """Feed Stripe events since --since into the inbox and process the new ones."""
     # Events each name one payment and are processed exactly as webhooks are: no prompt.
     when = _when(since, "--since", datetime.now(UTC)) if since else None
-    _catch_up(when, dry_run, _operator(by), as_json)
-
-
-def _scan(
-    since: datetime,
-    until: datetime,
-    dry_run: bool,
-    yes: bool,
-    actor: str,
-    as_json: bool,
-    rerun_of: int | None = None,
-) -> None:
-    if until <= since:
-        fail(f"--until ({until.isoformat()}) must be after --since ({since.isoformat()})")
     svc, _ = _services()
-    if not dry_run:
-        # How many payments a window holds is unknown until it is listed: always ask.
-        _confirm(f"scan {since.isoformat()} .. {until.isoformat()} and act on what it finds", yes)
     result = _run_job(
-        run_scan,
-        "scan: payments",
+        run_catch_up,
+        "catch-up: events",
         svc=svc,
-        trigger="rerun" if rerun_of else "cli",
-        actor=actor,
+        trigger="cli",
+        actor=_operator(by),
         dry_run=dry_run,
-        since=since,
-        until=until,
-        rerun_of=rerun_of,
+        since=when,
     )
     _finish(result, dry_run, as_json)
 
@@ -296,12 +262,24 @@ def scan(
     """Find succeeded Stripe payments created in a window that have no ledger record."""
     now = datetime.now(UTC)
     start, end = _when(since, "--since", now), _when(until, "--until", now)
-    _scan(start, end, dry_run, yes, _operator(by), as_json)
+    svc, _ = _services()
+    if not dry_run and end > start:
+        # How many payments a window holds is unknown until it is listed: always ask.
+        _confirm(f"scan {start.isoformat()} .. {end.isoformat()} and act on what it finds", yes)
+    result = _run_job(
+        run_scan,
+        "scan: payments",
+        svc=svc,
+        trigger="cli",
+        actor=_operator(by),
+        dry_run=dry_run,
+        since=start,
+        until=end,
+    )
+    _finish(result, dry_run, as_json)
 
 
-def _payment(
-    payment_id: str, dry_run: bool, actor: str, as_json: bool, rerun_of: int | None = None
-) -> None:
+def _payment(payment_id: str, dry_run: bool, actor: str, as_json: bool) -> None:
     svc, gw = _services()
     try:
         with app_state.begin() as conn:
@@ -311,9 +289,8 @@ def _payment(
             payment_id,
             actor=actor,
             dry_run=dry_run,
-            trigger="rerun" if rerun_of else "cli",
+            trigger="cli",
             gateway=gw,
-            rerun_of=rerun_of,
         )
     except ValueError as exc:
         fail(str(exc))
@@ -361,68 +338,28 @@ def payment(
     _payment(payment_id, dry_run, _operator(by), as_json)
 
 
-def _replay(
-    event_id: str, dry_run: bool, actor: str, as_json: bool, rerun_of: int | None = None
-) -> None:
-    from reconcile.service import process_event
-
+def _replay(event_id: str, dry_run: bool, actor: str, as_json: bool) -> None:
     svc, gw = _services()
-    with app_state.begin() as conn:
-        row = inbox.load(conn, event_id)
-    stored = False
-    if row is None:
-        try:
-            event = gw.retrieve_event(event_id)
-        except StripeGatewayError as exc:
-            fail(f"Stripe: {exc}", EXIT_ATTENTION)
-        if event is None:
-            fail(f"event {event_id} is neither in the inbox nor on Stripe", EXIT_ATTENTION)
-        if dry_run:
-            # Nothing may be written, and process_event only reads stored events: rehearse
-            # on the payment the event names instead.
-            pid = inbox.payment_id_of(event)
-            if pid is None:
-                fail(
-                    f"event {event_id} ({event.get('type')}) names no PaymentIntent", EXIT_ATTENTION
-                )
-            console.print(f"dry run: event {event_id} would be stored; its payment {pid}:")
-            _payment(pid, True, actor, as_json)
-            return
-        with app_state.begin() as conn:
-            stored = inbox.store_event(conn, event, source="replay", now=svc.clock())
-    state = start_run(
-        svc.engine,
-        job="replay",
-        trigger="rerun" if rerun_of else "cli",
-        actor=actor,
-        dry_run=dry_run,
-        now=svc.clock(),
-        params={"event_id": event_id},
-        rerun_of=rerun_of,
-    )
     try:
-        res = process_event(
-            svc, event_id, actor=actor, gateway=gw, dry_run=dry_run, force=True, run=state
-        )
-    except Exception as exc:  # recorded on the run and shown, not dumped as a trace
-        state.errors.append(f"{type(exc).__name__}: {exc}")
-        res = None
-    if res is not None:
-        state.counts["events_" + res.status] += 1
-    status = finish_run(svc.engine, state, now=svc.clock(), stripe=gw.snapshot())
-    plan = [res.outcome.as_plan()] if res is not None and res.outcome else []
-    result = RunResult(state.id, status, dict(state.counts), list(state.errors), plan)
+        res = replay_event(svc, event_id, actor=actor, dry_run=dry_run, gateway=gw)
+    except NotFound as exc:
+        fail(str(exc), EXIT_ATTENTION)
+    except StripeGatewayError as exc:
+        fail(f"Stripe: {exc}", EXIT_ATTENTION)
     if not as_json:
-        if stored:
+        if res.event_status == "not_stored":
+            console.print(
+                f"dry run: event {event_id} would be stored; its payment {res.payment_id}:",
+                highlight=False,
+            )
+        elif res.fetched:
             console.print(f"event {event_id} fetched from Stripe and stored in the inbox")
-        if res is not None:
-            console.print(f"event {event_id}: {res.status} {res.detail} ({res.payment_id or '-'})")
-    _finish(
-        result,
-        dry_run,
-        as_json,
-        {"event_id": event_id, "event_status": res.status if res else "failed"},
-    )
+        if res.event_status not in ("failed", "not_stored"):
+            console.print(
+                f"event {event_id}: {res.event_status} {res.detail} ({res.payment_id or '-'})",
+                highlight=False,
+            )
+    _finish(res.run, dry_run, as_json, {"event_id": event_id, "event_status": res.event_status})
 
 
 def replay(
@@ -438,12 +375,6 @@ def replay(
 # -- runs -----------------------------------------------------------------------------------
 
 
-def _run_dict(row: Any) -> dict[str, Any]:
-    d = dict(row)
-    d["window"] = {"start": d.get("window_start"), "end": d.get("window_end")}
-    return d
-
-
 @runs_app.callback()
 def runs_list(
     ctx: typer.Context,
@@ -457,13 +388,10 @@ def runs_list(
     """List recent runs, newest first."""
     if ctx.invoked_subcommand is not None:
         return
-    q = select(runs).order_by(desc(runs.c.id)).limit(limit)
-    if job:
-        q = q.where(runs.c.job == job.replace("-", "_"))
-    if status:
-        q = q.where(runs.c.status == status)
     with app_state.begin() as conn:
-        rows = [_run_dict(r) for r in conn.execute(q).mappings()]
+        rows = list_runs(
+            conn, job=job.replace("-", "_") if job else None, status=status, limit=limit
+        )
     if as_json:
         print_json(rows)
         return
@@ -497,16 +425,10 @@ def runs_show(
 ) -> None:
     """One run in full, with the audit rows (ledger actions) it recorded."""
     with app_state.begin() as conn:
-        row = get_run(conn, run_id)
-        if row is None:
-            fail(f"no run {run_id}", EXIT_ATTENTION)
-        rows = [
-            dict(a)
-            for a in conn.execute(
-                select(audit).where(audit.c.run_id == run_id).order_by(audit.c.id)
-            ).mappings()
-        ]
-    run = _run_dict(row)
+        found = run_with_audit(conn, run_id)
+    if found is None:
+        fail(f"no run {run_id}", EXIT_ATTENTION)
+    run, rows = found
     if as_json:
         print_json({**run, "audit": rows})
         return
@@ -531,7 +453,7 @@ def runs_show(
     )
 
 
-def rerun(
+def rerun_cmd(
     run_id: Annotated[int, typer.Argument(help="The run to repeat.")],
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
@@ -539,29 +461,22 @@ def rerun(
     as_json: JsonOpt = False,
 ) -> None:
     """Run a recorded run's job again with the same window and parameters."""
-    with app_state.begin() as conn:
-        row = get_run(conn, run_id)
-    if row is None:
-        fail(f"no run {run_id}", EXIT_ATTENTION)
-    actor, params = _operator(by), dict(row["params"] or {})
-    start, end = row["window_start"], row["window_end"]
-    match row["job"]:
-        case "sweep":
-            secs = params.get("older_than_seconds")
-            age = timedelta(seconds=int(secs)) if secs is not None else None
-            _sweep(age, params.get("limit"), dry_run, yes, actor, as_json, rerun_of=run_id)
-        case "catch_up":
-            _catch_up(start, dry_run, actor, as_json, rerun_of=run_id)
-        case "scan_missing":
-            if start is None or end is None:
-                fail(f"run {run_id} recorded no window to scan")
-            _scan(start, end, dry_run, yes, actor, as_json, rerun_of=run_id)
-        case "payment":
-            _payment(str(params["payment_id"]), dry_run, actor, as_json, rerun_of=run_id)
-        case "replay":
-            _replay(str(params["event_id"]), dry_run, actor, as_json, rerun_of=run_id)
-        case other:
-            fail(f"run {run_id} is a {other!r} run, which cannot be rerun from here")
+    svc, _ = _services()
+    try:
+        spec = plan_rerun(svc, run_id)
+    except NotFound as exc:
+        fail(str(exc), EXIT_ATTENTION)
+    except BadRequest as exc:
+        fail(str(exc))
+    if not dry_run:
+        if spec.job == "sweep":
+            _confirm_sweep(svc, spec.older_than or svc.sweep_min_age, spec.limit, yes)
+        elif spec.job == "scan_missing":
+            _confirm(f"scan the window of run {run_id} again and act on what it finds", yes)
+    result = _run_job(
+        rerun, f"rerun {run_id}", svc=svc, spec=spec, actor=_operator(by), dry_run=dry_run
+    )
+    _finish(result, dry_run, as_json)
 
 
 def register(app: typer.Typer) -> None:
@@ -570,5 +485,5 @@ def register(app: typer.Typer) -> None:
     app.command()(scan)
     app.command()(payment)
     app.command()(replay)
-    app.command()(rerun)
+    app.command("rerun")(rerun_cmd)
     app.add_typer(runs_app, name="runs")

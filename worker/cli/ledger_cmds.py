@@ -10,7 +10,6 @@ import typer
 from ledger.errors import InvalidInput, LedgerError, TransactionNotFound
 from ledger.model import NewTransaction, Transaction
 from ledger.money import Money
-from ledger.sql import SqlLedger
 from worker.cli.context import app_state
 from worker.cli.output import EXIT_ATTENTION, console, fail, kv, print_json, table
 
@@ -110,7 +109,7 @@ def inflight(
     scope = app_state.rehearse() if dry_run else app_state.begin()
     try:
         with scope as conn:
-            txn = SqlLedger(conn).create(new)
+            txn = app_state.ledger_for(conn).create(new)
     except InvalidInput as exc:
         fail(str(exc))
     except LedgerError as exc:
@@ -193,7 +192,7 @@ def _operate(reference: str, dry_run: bool, as_json: bool, op: str, amount: int 
     scope = app_state.rehearse() if dry_run else app_state.begin()
     try:
         with scope as conn:
-            ledger = SqlLedger(conn)
+            ledger = app_state.ledger_for(conn)
             txn = ledger.commit(reference, amount) if op == "commit" else ledger.void(reference)
     except TransactionNotFound as exc:
         fail(str(exc), EXIT_ATTENTION)

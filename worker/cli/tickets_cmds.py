@@ -6,14 +6,14 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy import desc, select
 
 from ledger.money import Money
+from reconcile.checks import FixAction
 from reconcile.model import Severity
-from reconcile.resolve import BadResolution, ResolveAction, TicketNotFound, resolve_ticket
 from reconcile.stripe_gateway import StripeGatewayError
-from reconcile.tables import audit, tickets
-from reconcile.tickets import severity_label
+from reconcile.usecases import BadRequest, NotFound, resolve_ticket
+from reconcile.views import list_tickets as view_tickets
+from reconcile.views import ticket_with_history
 from worker.cli.context import app_state
 from worker.cli.jobs_cmds import ByOpt, DryRunOpt, JsonOpt, _operator, _services
 from worker.cli.output import EXIT_ATTENTION, console, err_console, fail, kv, print_json, table
@@ -25,14 +25,6 @@ _LIST_KEYS = (
     "id", "kind", "severity", "status", "payment_id", "reference", "occurrences", "opened_at",
     "last_seen_at", "customer", "amount", "currency", "summary",
 )  # fmt: skip
-
-
-def _ticket_dict(row: Any) -> dict[str, Any]:
-    d = dict(row)
-    d["severity"] = severity_label(int(d["severity"]))
-    for k in ("opened_at", "last_seen_at", "resolved_at"):
-        d[k] = d.get(k)
-    return d
 
 
 def _iso(value: datetime | None) -> str:
@@ -59,18 +51,20 @@ def list_tickets(
         return
     if status not in ("open", "resolved", "all"):
         fail(f"--status must be open, resolved or all, got {status!r}")
-    q = select(tickets).order_by(desc(tickets.c.severity), tickets.c.opened_at).limit(limit)
-    if status != "all":
-        q = q.where(tickets.c.status == status)
-    if kind:
-        q = q.where(tickets.c.kind == kind)
+    wanted: Severity | None = None
     if severity:
         try:
-            q = q.where(tickets.c.severity == int(Severity[severity.upper()]))
+            wanted = Severity[severity.upper()]
         except KeyError:
             fail(f"--severity must be low, medium, high or critical, got {severity!r}")
     with app_state.begin() as conn:
-        rows = [_ticket_dict(r) for r in conn.execute(q).mappings()]
+        rows = view_tickets(
+            conn,
+            status=None if status == "all" else status,
+            kind=kind,
+            severity=wanted,
+            limit=limit,
+        )
     if as_json:
         print_json([{k: r.get(k) for k in _LIST_KEYS} for r in rows])
         return
@@ -107,16 +101,10 @@ def show(
 ) -> None:
     """Everything about one ticket: summary, customer, both states, fix, message, history."""
     with app_state.begin() as conn:
-        row = conn.execute(select(tickets).where(tickets.c.id == ticket_id)).mappings().first()
-        if row is None:
-            fail(f"no ticket {ticket_id}", EXIT_ATTENTION)
-        t = _ticket_dict(row)
-        history = [
-            dict(a)
-            for a in conn.execute(
-                select(audit).where(audit.c.payment_id == t["payment_id"]).order_by(audit.c.id)
-            ).mappings()
-        ]
+        found = ticket_with_history(conn, ticket_id)
+    if found is None:
+        fail(f"no ticket {ticket_id}", EXIT_ATTENTION)
+    t, history = found
     age = datetime.now(UTC) - t["opened_at"]
     if as_json:
         print_json(
@@ -177,15 +165,15 @@ def resolve(
 ) -> None:
     """Fix the ledger as Stripe allows (re-checked now) and close the ticket."""
     try:
-        what = ResolveAction(action)
+        what = FixAction(action)
     except ValueError:
         fail(f"--action must be commit, void, create-record or none, got {action!r}")
     svc, gw = _services()
     try:
         res = resolve_ticket(svc, ticket_id, what, note, _operator(by), dry_run=dry_run, gateway=gw)
-    except TicketNotFound as exc:
+    except NotFound as exc:
         fail(str(exc), EXIT_ATTENTION)
-    except BadResolution as exc:
+    except BadRequest as exc:
         fail(str(exc))
     except StripeGatewayError as exc:
         fail(f"Stripe could not be read, nothing changed: {exc}", EXIT_ATTENTION)

@@ -1,4 +1,4 @@
-"""The use cases: process one event, reconcile one payment, and the three scheduled jobs.
+"""The scheduled jobs (sweep, Events API catch-up, missing-record scan) and their reruns.
 
 Each job records a run (job, window, trigger, dry-run, counts, Stripe calls, errors).  A run
 cut short by Stripe (rate limits or errors that outlast the retries) or by the blast-radius
@@ -9,35 +9,26 @@ recorded on the partial run.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from ledger.model import Transaction
+from reconcile import inbox, runs
+from reconcile.engine import Item, Pass, linked_payment_id
+from reconcile.guard import GuardTripped
+from reconcile.model import Payment, PaymentStatus
+from reconcile.ports import Services
+from reconcile.runs import RunResult, RunState
+from reconcile.stripe_batch import fetch_many
+from reconcile.stripe_gateway import StripeGateway, StripeUnavailable
+from reconcile.usecases.errors import BadRequest, NotFound
+from reconcile.usecases.events import process_event, replay_event
+from reconcile.usecases.lifecycle import begin, cut_short, end, fail
+from reconcile.usecases.payments import reconcile_payment
 
-from reconcile import inbox
-from reconcile.engine import GuardTripped, Item, Outcome, Pass, Services, payment_id_of
-from reconcile.model import EntryStatus, PaymentStatus
-from reconcile.runs import FAILED, RunResult, RunState, finish_run, last_run, start_run
-from reconcile.stripe_gateway import (
-    StripeGateway,
-    StripeGatewayError,
-    StripeUnavailable,
-    payment_from_stripe,
-)
-from reconcile.tables import cursors
-
-__all__ = [
-    "ProcessOutcome",
-    "RunResult",
-    "Services",
-    "process_event",
-    "reconcile_payment",
-    "run_catch_up",
-    "run_scan",
-    "run_sweep",
-]
+Progress = Callable[[int], None]
 
 CATCH_UP_CURSOR = "catch_up.events_created"
 # Events overlap this much between catch-up runs: Stripe timestamps are whole seconds and
@@ -57,169 +48,6 @@ CATCH_UP_TYPES = (
 )
 
 
-@dataclass(frozen=True)
-class ProcessOutcome:
-    status: str  # processed | ignored | failed | missing | already
-    detail: str = ""
-    payment_id: str | None = None
-    outcome: Outcome | None = None
-
-
-def _begin(svc: Services, job: str, trigger: str, actor: str, dry_run: bool, **kw: Any) -> RunState:
-    return start_run(
-        svc.engine, job=job, trigger=trigger, actor=actor, dry_run=dry_run, now=svc.clock(), **kw
-    )
-
-
-def _end(
-    svc: Services, state: RunState, gateway: StripeGateway | None, p: Pass | None
-) -> RunResult:
-    status = finish_run(
-        svc.engine, state, now=svc.clock(), stripe=gateway.snapshot() if gateway else None
-    )
-    svc.hooks.run(state.job, status)
-    return RunResult(
-        run_id=state.id,
-        status=status,
-        counts=dict(state.counts),
-        errors=list(state.errors),
-        plan=p.plan() if p else [],
-    )
-
-
-def _fail(
-    svc: Services, state: RunState, gateway: StripeGateway | None, exc: BaseException
-) -> None:
-    state.errors.append(f"{type(exc).__name__}: {exc}")
-    finish_run(
-        svc.engine,
-        state,
-        now=svc.clock(),
-        stripe=gateway.snapshot() if gateway else None,
-        status=FAILED,
-    )
-    svc.hooks.run(state.job, FAILED)
-
-
-def _cut(state: RunState, p: Pass, job: str, exc: Exception) -> None:
-    if isinstance(exc, GuardTripped):
-        state.cut_short = f"blast-radius guard: {exc.why}"
-        p.open_incident(job, exc.why)
-    else:
-        state.cut_short = f"stripe: {exc}"
-        state.errors.append(f"{type(exc).__name__}: {exc}")
-
-
-# -- one payment ----------------------------------------------------------------------------
-
-
-def reconcile_payment(
-    svc: Services,
-    payment_id: str,
-    *,
-    actor: str = "system",
-    dry_run: bool = False,
-    trigger: str = "cli",
-    gateway: StripeGateway | None = None,
-    rerun_of: int | None = None,
-) -> tuple[RunResult, Outcome]:
-    """Re-read one payment on Stripe and reconcile it (``recon payment PI_ID``)."""
-    gw = gateway or svc.new_gateway()
-    state = _begin(
-        svc,
-        "payment",
-        trigger,
-        actor,
-        dry_run,
-        params={"payment_id": payment_id},
-        rerun_of=rerun_of,
-    )
-    p = Pass(svc, run=state, actor=actor, dry_run=dry_run, guarded=False)
-    try:
-        payment = gw.retrieve(payment_id)
-        outcome = p.apply(payment_id, payment)
-    except StripeGatewayError as exc:
-        _fail(svc, state, gw, exc)
-        raise
-    except BaseException as exc:
-        _fail(svc, state, gw, exc)
-        raise
-    return _end(svc, state, gw, p), outcome
-
-
-# -- events ---------------------------------------------------------------------------------
-
-
-def process_event(
-    svc: Services,
-    event_id: str,
-    *,
-    actor: str = "system",
-    gateway: StripeGateway | None = None,
-    dry_run: bool = False,
-    force: bool = False,
-    run: RunState | None = None,
-) -> ProcessOutcome:
-    """Process one stored event: map it to its PaymentIntent and reconcile that payment.
-
-    Safe to run twice, concurrently or out of order: it never acts on the event's payload
-    alone unless the payload is terminal (succeeded/canceled) and the entry still INFLIGHT;
-    otherwise it re-reads the PaymentIntent, so a stale event acts on today's state.
-    """
-    now = svc.clock()
-    with svc.engine.connect() as conn:
-        row = inbox.load(conn, event_id)
-    if row is None:
-        return ProcessOutcome("missing", f"no inbox row for {event_id}")
-    if row.status in ("processed", "ignored") and not force:
-        return ProcessOutcome("already", row.status, row.payment_id)
-    pid = row.payment_id
-    if pid is None or not inbox.is_handled(row.type):
-        if not dry_run:
-            with svc.engine.begin() as conn:
-                inbox.mark_ignored(conn, event_id, now)
-        return ProcessOutcome("ignored", f"event type {row.type} names no PaymentIntent", pid)
-    try:
-        payment = _payment_for_event(svc, row.payload, pid, gateway)
-        p = Pass(
-            svc,
-            run=run,
-            actor=actor,
-            dry_run=dry_run,
-            guarded=False,
-            evidence={"event_id": event_id, "event_type": row.type},
-        )
-        outcome = p.apply(pid, payment)
-        if outcome.error:
-            raise RuntimeError(outcome.error)
-    except Exception as exc:
-        if not dry_run:
-            with svc.engine.begin() as conn:
-                inbox.mark_failed(conn, event_id, f"{type(exc).__name__}: {exc}", svc.clock())
-        raise
-    if not dry_run:
-        with svc.engine.begin() as conn:
-            inbox.mark_processed(conn, event_id, svc.clock())
-    return ProcessOutcome("processed", str(outcome.decision.reason), pid, outcome)
-
-
-def _payment_for_event(
-    svc: Services, payload: Mapping[str, Any], pid: str, gateway: StripeGateway | None
-) -> Any:
-    obj = (payload.get("data") or {}).get("object") or {}
-    if obj.get("object") == "payment_intent" and obj.get("id") == pid:
-        status = obj.get("status")
-        if status in (PaymentStatus.SUCCEEDED.value, PaymentStatus.CANCELED.value):
-            # A terminal status never changes again, so the payload is authoritative for
-            # acting on an INFLIGHT entry.  Once the entry is settled we re-read instead:
-            # refunds and disputes live on the charge, which the payload does not expand.
-            with svc.engine.connect() as conn:
-                txn = svc.ledger_for(conn).find_linked(pid)
-            if txn is None or txn.status.value == EntryStatus.INFLIGHT.value:
-                return payment_from_stripe(obj)
-    return (gateway or svc.new_gateway()).retrieve(pid)
-
-
 # -- sweep ----------------------------------------------------------------------------------
 
 
@@ -232,13 +60,13 @@ def run_sweep(
     older_than: timedelta | None = None,
     limit: int | None = None,
     rerun_of: int | None = None,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> RunResult:
     """Inflight entries older than ``older_than``, in claimed batches, decided and applied."""
     age = older_than if older_than is not None else svc.sweep_min_age
     now = svc.clock()
     cutoff = now - age
-    state = _begin(
+    state = begin(
         svc,
         "sweep",
         trigger,
@@ -269,23 +97,25 @@ def run_sweep(
                 break
             after = (batch[-1].created_at, batch[-1].id)
             try:
-                fetched = gw.fetch_many([(payment_id_of(t), t.created_at) for t in batch])
-                p.handle([Item(payment_id_of(t), fetched[payment_id_of(t)], t) for t in batch])
+                fetched = fetch_many(gw, [(linked_payment_id(t), t.created_at) for t in batch])
+                p.handle(
+                    [Item(linked_payment_id(t), fetched[linked_payment_id(t)], t) for t in batch]
+                )
             except (StripeUnavailable, GuardTripped) as exc:
                 _release(svc, batch, dry_run)
-                _cut(state, p, "sweep", exc)
+                cut_short(state, p, "sweep", exc)
                 break
             _release(svc, batch, dry_run)
             done += len(batch)
             if progress is not None:
                 progress(done)
     except BaseException as exc:
-        _fail(svc, state, gw, exc)
+        fail(svc, state, gw, exc)
         raise
-    return _end(svc, state, gw, p)
+    return end(svc, state, gw, p)
 
 
-def _release(svc: Services, batch: Sequence[Any], dry_run: bool) -> None:
+def _release(svc: Services, batch: Sequence[Transaction], dry_run: bool) -> None:
     # Give the claims back at once rather than let them lapse: an on-call rerun right after
     # a sweep must see the entries that are still waiting.
     if dry_run:
@@ -297,22 +127,6 @@ def _release(svc: Services, batch: Sequence[Any], dry_run: bool) -> None:
 # -- catch-up -------------------------------------------------------------------------------
 
 
-def _get_cursor(svc: Services, name: str) -> str | None:
-    with svc.engine.connect() as conn:
-        value = conn.execute(select(cursors.c.value).where(cursors.c.name == name)).scalar()
-    return str(value) if value is not None else None
-
-
-def _set_cursor(svc: Services, name: str, value: str) -> None:
-    now = svc.clock()
-    with svc.engine.begin() as conn:
-        changed = conn.execute(
-            update(cursors).where(cursors.c.name == name).values(value=value, updated_at=now)
-        ).rowcount
-        if not changed:
-            conn.execute(cursors.insert().values(name=name, value=value, updated_at=now))
-
-
 def run_catch_up(
     svc: Services,
     *,
@@ -321,12 +135,13 @@ def run_catch_up(
     dry_run: bool = False,
     since: datetime | None = None,
     rerun_of: int | None = None,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> RunResult:
     """Events from Stripe's Events API since the cursor, fed into the same inbox."""
     now = svc.clock()
     if since is None:
-        stored = _get_cursor(svc, CATCH_UP_CURSOR)
+        with svc.engine.connect() as conn:
+            stored = runs.get_cursor(conn, CATCH_UP_CURSOR)
         since = (
             datetime.fromtimestamp(int(stored) - CURSOR_OVERLAP, UTC)
             if stored
@@ -334,7 +149,7 @@ def run_catch_up(
         )
     # Stripe keeps 30 days of events; asking for older ones silently returns fewer.
     since = max(since, now - timedelta(days=30))
-    state = _begin(svc, "catch_up", trigger, actor, dry_run, window=(since, now), rerun_of=rerun_of)
+    state = begin(svc, "catch_up", trigger, actor, dry_run, window=(since, now), rerun_of=rerun_of)
     gw = svc.new_gateway()
     p = Pass(svc, run=state, actor=actor, dry_run=dry_run, guarded=False)
     newest = int(since.timestamp())
@@ -359,15 +174,16 @@ def run_catch_up(
                 if progress is not None:
                     progress(seen)
         except StripeUnavailable as exc:
-            _cut(state, p, "catch_up", exc)
+            cut_short(state, p, "catch_up", exc)
         if not dry_run:
             # Only as far as what was really read: a partial run resumes from here.
-            _set_cursor(svc, CATCH_UP_CURSOR, str(newest))
+            with svc.engine.begin() as conn:
+                runs.set_cursor(conn, CATCH_UP_CURSOR, str(newest), now=svc.clock())
         state.resume = {"events_created_after": newest}
     except BaseException as exc:
-        _fail(svc, state, gw, exc)
+        fail(svc, state, gw, exc)
         raise
-    return _end(svc, state, gw, p)
+    return end(svc, state, gw, p)
 
 
 def _process_inline(
@@ -397,27 +213,27 @@ def run_scan(
     until: datetime,
     rerun_of: int | None = None,
     resume: bool = True,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> RunResult:
     """Succeeded PaymentIntents created in ``[since, until]``, each looked up in the ledger."""
     if until <= since:
-        raise ValueError(
+        raise BadRequest(
             f"--until ({until.isoformat()}) must be after --since ({since.isoformat()})"
         )
     if resume and trigger == "beat":
         # A partial scan left the part of its window it never reached; take it in now.
         with svc.engine.connect() as conn:
-            prev = last_run(conn, "scan_missing")
-        if prev and prev["status"] == "partial" and prev.get("resume"):
+            prev = runs.last_run(conn, "scan_missing")
+        if prev and prev["status"] == runs.PARTIAL and prev.get("resume"):
             left = prev["resume"].get("until")
             if left:
                 since = min(since, datetime.fromisoformat(left))
-    state = _begin(
+    state = begin(
         svc, "scan_missing", trigger, actor, dry_run, window=(since, until), rerun_of=rerun_of
     )
     gw = svc.new_gateway()
     p = Pass(svc, run=state, actor=actor, dry_run=dry_run)
-    page: list[Any] = []
+    page: list[Payment] = []
     seen = 0
     # Stripe lists newest first: what has been handled is everything at or after the
     # oldest payment seen, so a cut-short run records that as where to resume.
@@ -446,13 +262,89 @@ def run_scan(
             flush()
         except (StripeUnavailable, GuardTripped) as exc:
             page.clear()
-            _cut(state, p, "scan_missing", exc)
+            cut_short(state, p, "scan_missing", exc)
             state.resume = {
                 "since": since.isoformat(),
                 "until": (oldest_done or until).isoformat(),
             }
         state.counts["payments_listed"] = seen
     except BaseException as exc:
-        _fail(svc, state, gw, exc)
+        fail(svc, state, gw, exc)
         raise
-    return _end(svc, state, gw, p)
+    return end(svc, state, gw, p)
+
+
+# -- reruns ---------------------------------------------------------------------------------
+
+RERUNNABLE = ("sweep", "catch_up", "scan_missing", "payment", "replay")
+
+
+@dataclass(frozen=True)
+class RerunSpec:
+    """A recorded run's job and parameters, ready to run again."""
+
+    run_id: int
+    job: str
+    older_than: timedelta | None = None
+    limit: int | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    payment_id: str | None = None
+    event_id: str | None = None
+
+
+def plan_rerun(svc: Services, run_id: int) -> RerunSpec:
+    """What ``rerun`` would run again; NotFound / BadRequest when it cannot."""
+    with svc.engine.connect() as conn:
+        row = runs.get_run(conn, run_id)
+    if row is None:
+        raise NotFound(f"no run {run_id}")
+    job, params = str(row["job"]), dict(row["params"] or {})
+    if job not in RERUNNABLE:
+        raise BadRequest(f"run {run_id} is a {job!r} run, which cannot be rerun")
+    spec = RerunSpec(run_id, job, since=row["window_start"], until=row["window_end"])
+    if job == "sweep":
+        secs = params.get("older_than_seconds")
+        age = timedelta(seconds=int(secs)) if secs is not None else None
+        return RerunSpec(run_id, job, older_than=age, limit=params.get("limit"))
+    if job == "scan_missing" and (spec.since is None or spec.until is None):
+        raise BadRequest(f"run {run_id} recorded no window to scan")
+    if job == "payment":
+        return RerunSpec(run_id, job, payment_id=str(params["payment_id"]))
+    if job == "replay":
+        return RerunSpec(run_id, job, event_id=str(params["event_id"]))
+    return spec
+
+
+def rerun(
+    svc: Services,
+    spec: RerunSpec,
+    *,
+    actor: str,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Run a recorded run's job again with the same window and parameters."""
+    common: dict[str, Any] = {"actor": actor, "dry_run": dry_run, "rerun_of": spec.run_id}
+    if spec.job == "sweep":
+        return run_sweep(
+            svc,
+            trigger="rerun",
+            older_than=spec.older_than,
+            limit=spec.limit,
+            progress=progress,
+            **common,
+        )
+    if spec.job == "catch_up":
+        return run_catch_up(svc, trigger="rerun", since=spec.since, progress=progress, **common)
+    if spec.job == "scan_missing":
+        assert spec.since is not None and spec.until is not None
+        return run_scan(
+            svc, trigger="rerun", since=spec.since, until=spec.until, progress=progress, **common
+        )
+    if spec.job == "payment":
+        assert spec.payment_id is not None
+        result, _ = reconcile_payment(svc, spec.payment_id, trigger="rerun", **common)
+        return result
+    assert spec.job == "replay" and spec.event_id is not None
+    return replay_event(svc, spec.event_id, **common).run

@@ -1,0 +1,57 @@
+"""The ports of the reconciliation core: everything a use case needs from the outside.
+
+``Services`` is the one object the worker (worker/wiring.py) builds from settings and tests
+build by hand (tests/support.py): the database, the ledger bound to a connection, a factory
+of Stripe gateways, the policy and the guard, ticket sinks, the clock, and metric hooks.
+Nothing in reconcile/ reads settings or the environment itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+
+from ledger.protocol import Ledger
+from reconcile.guard import Guard
+from reconcile.model import Policy
+from reconcile.stripe_gateway import StripeGateway
+
+__all__ = ["Hooks", "Services", "utcnow"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+@dataclass
+class Hooks:
+    """Callbacks for metrics; the worker plugs Prometheus in, tests leave them empty."""
+
+    action: Callable[[str], None] = _noop
+    ticket: Callable[[str, str], None] = _noop
+    run: Callable[[str, str], None] = _noop
+    stripe_request: Callable[[str, str], None] = _noop
+
+
+@dataclass
+class Services:
+    engine: Engine
+    ledger_for: Callable[[Connection], Ledger]
+    new_gateway: Callable[[], StripeGateway]
+    policy: Policy = field(default_factory=Policy)
+    guard: Guard = field(default_factory=Guard)
+    sinks: tuple[str, ...] = ()
+    dashboard_base: str = "https://dashboard.stripe.com"
+    sweep_min_age: timedelta = timedelta(minutes=10)
+    sweep_batch: int = 100
+    claim_lease: timedelta = timedelta(minutes=10)
+    clock: Callable[[], datetime] = utcnow
+    hooks: Hooks = field(default_factory=Hooks)

@@ -1,0 +1,237 @@
+"""Reading many PaymentIntents in few calls: the batch-fetch planner behind the sweep.
+
+The sweep knows its entries' ids and (roughly) when each payment was created.  Listing a
+time window costs one call per 100 PaymentIntents Stripe holds in it; retrieving costs one
+call per id.  :func:`fetch_many` chooses between them as it learns Stripe's density.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from reconcile.model import Payment
+from reconcile.stripe_gateway import PAGE_SIZE, StripeGateway, epoch_seconds
+from reconcile.stripe_objects import payment_from_stripe
+
+__all__ = ["fetch_many"]
+
+
+def fetch_many(
+    gateway: StripeGateway, items: Sequence[tuple[str, datetime]]
+) -> dict[str, Payment | None]:
+    """The Stripe state of many payments in as few API calls as the data allows.
+
+    ``items`` are (PaymentIntent id, approximate creation time from the ledger).  Dense
+    runs of items are read by listing their time window, 100 PaymentIntents a call;
+    sparse ones and whatever the lists did not find are retrieved one by one (and come
+    back None when Stripe really has no such object).  Every requested id is a key of
+    the result.  See :class:`_BatchFetch` for the plan.
+    """
+    wanted: dict[str, float] = {}
+    for payment_id, when in items:
+        ts = epoch_seconds(when)
+        wanted[payment_id] = min(ts, wanted.get(payment_id, ts))
+    fetch = _BatchFetch(
+        gateway, wanted, gateway.slack_before.total_seconds(), gateway.slack_after.total_seconds()
+    )
+    fetch.run()
+    for payment_id in wanted:
+        if payment_id not in fetch.results:
+            fetch.results[payment_id] = gateway.retrieve(payment_id)
+    return {payment_id: fetch.results[payment_id] for payment_id in wanted}
+
+
+@dataclass
+class _Segment:
+    ids: list[str]
+    lo: int  # created[gte]
+    hi: int  # created[lte]
+
+
+@dataclass
+class _BatchFetch:
+    """The plan behind :func:`fetch_many`.
+
+    Cost model: listing a window costs one call per 100 PaymentIntents that Stripe holds in
+    it (ours or not); retrieving costs one call per id.  Stripe's density (PaymentIntents
+    per second) is unknown until a list shows it, and the ledger's own density is only a
+    lower bound for it, so:
+
+    1. Items sorted by time are grouped into runs: while the density is unknown, items whose
+       windows ``[t - slack_before, t + slack_after]`` overlap; once it is known, items
+       closer to the previous one than a page's worth of Stripe's payments (so that a dense
+       burst is not drowned in a sparse chain that happens to link it to others).
+    2. A segment is listed when it is expected to cost fewer pages than it has ids (with an
+       unknown density: when it has at least two ids; the biggest goes first, so the one
+       page that may be wasted exploring is spent where listing is most likely to pay).
+    3. While listing (newest first), after each page: ids whose window lies wholly above
+       the page's oldest item and that were not seen are given up to retrieval; the rest
+       ("ahead") can still appear.  The listing stops as soon as the pages it is expected
+       to need exceed the ids still ahead, or the pages spent exceed what it could still
+       save.  The ids still ahead are then planned again with the density now known,
+       below the point reached.
+    4. Whatever is left is retrieved one by one.
+
+    List pages in total never exceed the number of ids, so the worst case costs at most
+    twice the retrieves; the dense case costs about one call per 100 payments.
+    """
+
+    gateway: StripeGateway
+    wanted: Mapping[str, float]
+    slack_before: float
+    slack_after: float
+    results: dict[str, Payment | None] = field(default_factory=dict)
+    # ids whose window has been listed without finding them: only a retrieve can tell
+    given_up: set[str] = field(default_factory=set)
+    # upper bound of what is left to list for an id whose listing stopped part-way
+    caps: dict[str, int] = field(default_factory=dict)
+    seen_items: int = 0
+    seen_seconds: float = 0.0
+    budget: int = 0
+
+    def __post_init__(self) -> None:
+        self.budget = len(self.wanted)
+
+    @property
+    def density(self) -> float | None:
+        """PaymentIntents per second on Stripe, as far as the lists have shown."""
+        if self.seen_seconds <= 0:
+            return None
+        return self.seen_items / self.seen_seconds
+
+    def _pending(self) -> list[tuple[float, str]]:
+        return sorted(
+            (t, pid)
+            for pid, t in self.wanted.items()
+            if pid not in self.results and pid not in self.given_up
+        )
+
+    def _window(self, pid: str) -> tuple[int, int]:
+        t = self.wanted[pid]
+        hi = math.ceil(t + self.slack_after)
+        cap = self.caps.get(pid)
+        return math.floor(t - self.slack_before), hi if cap is None else min(hi, cap)
+
+    def segments(self) -> list[_Segment]:
+        return self.runs(self._pending(), self.density)
+
+    def runs(self, items: Iterable[tuple[float, str]], density: float | None) -> list[_Segment]:
+        """``items`` (time, id) sorted by time, grouped into runs worth one window each."""
+        # Taking the next item into the run extends the window by the time between the two:
+        # worth it while that costs less than the one retrieve it saves, i.e. while the
+        # spacing holds less than a page of Stripe's payments.  Before the density is known,
+        # only items whose windows overlap are run together.
+        max_spacing = None
+        if density is not None:
+            max_spacing = math.inf if density == 0 else PAGE_SIZE / density
+        segments: list[_Segment] = []
+        last_t = -math.inf
+        for t, pid in items:
+            lo, hi = self._window(pid)
+            last = segments[-1] if segments else None
+            joins = last is not None and (
+                lo <= last.hi if max_spacing is None else t - last_t <= max_spacing
+            )
+            if last is not None and joins:
+                last.ids.append(pid)
+                last.lo = min(last.lo, lo)
+                last.hi = max(last.hi, hi)
+            else:
+                segments.append(_Segment([pid], lo, hi))
+            last_t = t
+        return segments
+
+    def estimated_pages(self, seconds: float) -> int | None:
+        density = self.density
+        if density is None:
+            return None
+        return math.ceil(density * max(0.0, seconds) / PAGE_SIZE)
+
+    def worth_listing(self, segment: _Segment) -> bool:
+        count = sum(1 for pid in segment.ids if pid not in self.results)
+        if count < 2:
+            return False
+        pages = self.estimated_pages(segment.hi - segment.lo)
+        return max(1, pages or 1) < count
+
+    def run(self) -> None:
+        while self.budget > 0:
+            candidates = [s for s in self.segments() if self.worth_listing(s)]
+            if not candidates:
+                return
+            candidates.sort(key=lambda s: len(s.ids), reverse=True)
+            density_before = self.density
+            for segment in candidates:
+                if self.budget <= 0:
+                    return
+                if not self.worth_listing(segment):
+                    continue
+                stopped_early = self.list_segment(segment)
+                if stopped_early or _moved(density_before, self.density):
+                    break  # plan the rest again with what was learnt
+            else:
+                return
+
+    def list_segment(self, segment: _Segment) -> bool:
+        """List one segment's window; True when it stopped before the window's end."""
+        own = set(segment.ids)
+        found = 0
+        pages = 0
+        items = 0
+        planned_with = self.density
+        for page in self.gateway.payment_pages(segment.lo, segment.hi):
+            pages += 1
+            self.budget -= 1
+            items += len(page.data)
+            for obj in page.data:
+                pid = str(obj.get("id"))
+                if pid in self.wanted and pid not in self.results:
+                    self.results[pid] = payment_from_stripe(obj)
+                    found += pid in own
+            if not page.has_more:
+                self._observe(items, segment.hi - segment.lo)
+                self.given_up.update(pid for pid in own if pid not in self.results)
+                return False
+            oldest = int(page.data[-1]["created"])
+            ahead = []
+            for pid in own:
+                if pid in self.results:
+                    continue
+                if self._window(pid)[0] <= oldest:
+                    ahead.append(pid)
+                else:
+                    self.given_up.add(pid)
+            covered = segment.hi - oldest
+            if not ahead:
+                self._observe(items, covered)
+                return False
+            density_here = (self.seen_items + items) / max(1.0, self.seen_seconds + covered)
+            expected = math.ceil(density_here * max(0, oldest - segment.lo) / PAGE_SIZE)
+            stop = expected > len(ahead) or pages > found + len(ahead) or self.budget <= 0
+            if not stop and _moved(planned_with, density_here):
+                # This window was planned blind (or on a very different density): if what
+                # is left of it would now be planned as several runs, plan it again.
+                planned_with = density_here
+                rest = sorted((self.wanted[pid], pid) for pid in ahead)
+                stop = len(self.runs(rest, density_here)) > 1
+            if stop:
+                self._observe(items, covered)
+                for pid in ahead:
+                    self.caps[pid] = oldest
+                return True
+        return False  # pragma: no cover - a page always answers has_more
+
+    def _observe(self, items: int, seconds: float) -> None:
+        self.seen_items += items
+        self.seen_seconds += max(1.0, seconds)
+
+
+def _moved(before: float | None, after: float | None) -> bool:
+    """Whether a density estimate changed enough (or at all from unknown) to plan again."""
+    if before is None or after is None:
+        return before is not after
+    low, high = sorted((before, after))
+    return high > 2 * low if low > 0 else high > 0

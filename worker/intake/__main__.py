@@ -1,0 +1,3 @@
+from worker.intake.serve import main
+
+main()
