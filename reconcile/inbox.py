@@ -48,6 +48,7 @@ __all__ = [
     "mark_ignored",
     "mark_processed",
     "parse_event",
+    "stored_error",
     "store_event",
     "store_events",
 ]
@@ -265,7 +266,8 @@ def store_events(
     return {r[0] for r in conn.execute(_PG_BATCH_INSERT, params)}
 
 
-def _truncate(error: str) -> str:
+def stored_error(error: str) -> str:
+    """An error text as the inbox keeps it: secrets masked, bounded in length."""
     # Error texts are shown by the CLI and in tickets: mask whatever an exception quoted.
     error = redact(error)
     if len(error) <= MAX_ERROR_CHARS:
@@ -294,7 +296,7 @@ def mark_ignored(conn: Connection, event_id: str, now: datetime, reason: str | N
         .values(
             status="ignored",
             attempts=inbox.c.attempts + 1,
-            last_error=_truncate(reason) if reason else None,
+            last_error=stored_error(reason) if reason else None,
             processed_at=now,
         )
     )
@@ -307,7 +309,7 @@ def mark_failed(conn: Connection, event_id: str, error: str, now: datetime) -> b
     result = conn.execute(
         update(inbox)
         .where(inbox.c.event_id == event_id, inbox.c.status.in_(("pending", "failed")))
-        .values(status="failed", attempts=inbox.c.attempts + 1, last_error=_truncate(error))
+        .values(status="failed", attempts=inbox.c.attempts + 1, last_error=stored_error(error))
     )
     return bool(result.rowcount)
 
