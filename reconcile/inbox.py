@@ -48,9 +48,9 @@ __all__ = [
     "mark_ignored",
     "mark_processed",
     "parse_event",
-    "stored_error",
     "store_event",
     "store_events",
+    "stored_error",
 ]
 
 Status = Literal["pending", "processed", "ignored", "failed"]

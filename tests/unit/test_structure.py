@@ -85,9 +85,7 @@ def imports_of(
             test = node.test
             if not (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"):
                 for child in node.body:
-                    found.extend(
-                        imports_of(ast.unparse(child), module, is_package=is_package)
-                    )
+                    found.extend(imports_of(ast.unparse(child), module, is_package=is_package))
     return found
 
 
