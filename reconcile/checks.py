@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from reconcile.decide import failed_attempt
+from reconcile.decide import failed_attempt, missing_record
 from reconcile.model import CreateSpec, Entry, EntryStatus, Payment, PaymentStatus, Policy
 
 __all__ = ["FixAction", "FixCheck", "check_fix", "stripe_says"]
@@ -102,12 +102,6 @@ def check_fix(
                     f"PaymentIntent metadata {policy.destination_key}); create the entry by hand"
                 )
             )
-        spec = CreateSpec(
-            reference=payment.id,
-            amount=payment.amount_received,
-            currency=payment.currency,
-            source=payment.metadata.get(policy.source_key) or policy.default_source,
-            destination=destination,
-        )
+        spec = missing_record(payment, destination, policy)
         return FixCheck(amount=spec.amount, create=spec)
     return FixCheck()

@@ -54,7 +54,7 @@ from reconcile.model import (
     TicketSpec,
 )
 
-__all__ = ["Reason", "decide", "failed_attempt"]
+__all__ = ["Reason", "decide", "failed_attempt", "missing_record"]
 
 
 class Reason(enum.StrEnum):
@@ -150,14 +150,19 @@ def _no_record(payment: Payment, policy: Policy) -> Decision:
     destination = payment.metadata.get(policy.destination_key)
     if not destination:
         return _missing(Reason.MISSING_RECORD_NO_DESTINATION)
-    spec = CreateSpec(
+    spec = missing_record(payment, destination, policy)
+    return Decision(Action.CREATE, Reason.CREATE_MISSING_RECORD, create=spec, resolves=True)
+
+
+def missing_record(payment: Payment, destination: str, policy: Policy) -> CreateSpec:
+    """The APPLIED record that credits a paid, unrecorded payment to ``destination``."""
+    return CreateSpec(
         reference=payment.id,
         amount=payment.amount_received,
         currency=payment.currency,
         source=payment.metadata.get(policy.source_key) or policy.default_source,
         destination=destination,
     )
-    return Decision(Action.CREATE, Reason.CREATE_MISSING_RECORD, create=spec, resolves=True)
 
 
 def _succeeded(payment: Payment, entry: Entry) -> Decision:
