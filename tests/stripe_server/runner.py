@@ -77,6 +77,24 @@ class RunningServer:
         """Number of /v1 calls, e.g. calls("payment_intents.retrieve", "200")."""
         return self.fake.stats.count(endpoint, outcome)
 
+    def calls_per_second(
+        self, endpoint: str | None = None, outcome: str | None = None, *, admitted_only=False
+    ) -> dict[int, int]:
+        """Calls by the Unix second they arrived in (all endpoints, or one)."""
+        return self.fake.stats.per_second(endpoint, outcome, admitted_only=admitted_only)
+
+    def peak_calls(
+        self,
+        endpoint: str | None = None,
+        *,
+        window: float = 1.0,
+        admitted_only: bool = False,
+    ) -> int:
+        """The most calls that arrived within any sliding `window` seconds: a client that
+        shares Stripe's budget of N per second must keep this <= N (429s included unless
+        `admitted_only`)."""
+        return self.fake.stats.peak(endpoint, window=window, admitted_only=admitted_only)
+
     def configure(self, **changes: Any) -> ServerConfig:
         return self.fake.configure(**changes)
 
@@ -84,7 +102,9 @@ class RunningServer:
         self.fake.reset(state=state, stats=stats, config=config)
 
     def client(self, api_key: str | None = None, **kwargs: Any) -> Any:
-        """A stripe.StripeClient aimed at this server (no retries unless asked)."""
+        """A stripe.StripeClient aimed at this server (no retries unless asked). It sends the
+        stripe library's pinned version as Stripe-Version unless `stripe_version=` says
+        otherwise [V2]."""
         import stripe
 
         kwargs.setdefault("max_network_retries", 0)
@@ -113,7 +133,8 @@ def start_server(
     api_key: str = DEFAULT_API_KEY,
     **config: Any,
 ) -> RunningServer:
-    """Start and return; call `.stop()` when done. `config` takes ServerConfig's fields."""
+    """Start and return; call `.stop()` when done. `config` takes ServerConfig's fields and
+    the account settings of StripeState (api_version, omit_fields, companion_events...)."""
     return RunningServer(FakeStripe(state, **config), host=host, port=port, api_key=api_key)
 
 
