@@ -409,7 +409,7 @@ class Pass:
                 reason=f"reconciled: {d.reason}",
                 by=self.actor,
                 now=now,
-                keep=d.ticket.kind if d.ticket else None,
+                keep=d.keeps | ({d.ticket.kind} if d.ticket else set()),
             )
             if resolved:
                 self._count("ticket_resolved", len(resolved))

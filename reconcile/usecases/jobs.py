@@ -246,7 +246,7 @@ def run_scan(
         with svc.engine.connect() as conn:
             found = svc.ledger_for(conn).find_linked_many([pay.id for pay in page])
         p.handle([Item(pay.id, pay, found.get(pay.id)) for pay in page])
-        oldest_done = min(pay.created for pay in page)
+        oldest_done = min((pay.created for pay in page if pay.created), default=oldest_done)
         page.clear()
 
     try:
