@@ -38,7 +38,7 @@ import tenacity
 from reconcile.model import Payment
 from reconcile.ratelimit import DEFAULT_RATE, LocalRateLimiter, RateLimiter
 from reconcile.redact import redact
-from reconcile.stripe_objects import payment_from_stripe
+from reconcile.stripe_objects import needs_refund_list, payment_from_stripe
 
 if TYPE_CHECKING:
     from stripe._base_address import BaseAddresses
@@ -265,7 +265,15 @@ class StripeGateway:
         disputes = None
         if isinstance(charge, Mapping) and charge.get("disputed") is True:
             disputes = self.list_disputes(str(pi["id"]))
-        return payment_from_stripe(pi, api_version=self.api_version, disputes=disputes)
+        payment = payment_from_stripe(pi, api_version=self.api_version, disputes=disputes)
+        if needs_refund_list(payment, pi):
+            # A partial capture (or a cancel) with refunds: whether one of them is Stripe's
+            # own refund of the uncaptured remainder only the Refund objects say.
+            refunds = self.list_refunds(str(pi["id"]))
+            payment = payment_from_stripe(
+                pi, api_version=self.api_version, disputes=disputes, refunds=refunds
+            )
+        return payment
 
     def list_disputes(self, payment_id: str) -> list[dict[str, Any]]:
         """Every Dispute of a PaymentIntent (``GET /v1/disputes?payment_intent=``)."""
@@ -273,6 +281,15 @@ class StripeGateway:
         params = {"payment_intent": payment_id, "limit": PAGE_SIZE}
         found: list[dict[str, Any]] = []
         for page in self._pages("disputes.list", "/v1/disputes", params):
+            found.extend(page.data)
+        return found
+
+    def list_refunds(self, payment_id: str) -> list[dict[str, Any]]:
+        """Every Refund of a PaymentIntent (``GET /v1/refunds?payment_intent=``)."""
+        check_id(payment_id, "pi_", "a PaymentIntent")
+        params = {"payment_intent": payment_id, "limit": PAGE_SIZE}
+        found: list[dict[str, Any]] = []
+        for page in self._pages("refunds.list", "/v1/refunds", params):
             found.extend(page.data)
         return found
 

@@ -14,8 +14,8 @@ Facts relied on (see tests/stripe_server/FACTS.md for the sources):
 - ``latest_charge`` is an id unless expanded; event payloads are never expanded.
 - Before API version 2025-03-31 (basil), a partial capture and the cancel of an uncaptured
   payment create a Refund of the uncaptured remainder, which counts in the charge's
-  ``amount_refunded``; from basil on they do not.  Customer refunds are therefore
-  ``amount_refunded`` less ``amount - amount_captured`` before basil.
+  ``amount_refunded``; from basil on they do not.  The version that decides is the one of
+  the capture or cancel request, not the one an object is read in.
 - A failed attempt leaves ``latest_charge.status == "failed"`` (with ``failure_code``) even
   after ``last_payment_error`` is cleared by a later update of the PaymentIntent.
 - A charge says ``disputed``; the disputes themselves (status, amount, reason,
@@ -38,8 +38,8 @@ __all__ = [
     "MAX_AMOUNT",
     "dispute_from_stripe",
     "fraud_warning_from_stripe",
+    "needs_refund_list",
     "payment_from_stripe",
-    "refunds_remainder",
 ]
 
 BASIL: Final = "2025-03-31"
@@ -152,48 +152,63 @@ def pre_basil(api_version: str | None) -> bool | None:
     return api_version[:10] < BASIL
 
 
-def refunds_remainder(charge: Mapping[str, Any], api_version: str | None) -> int | None:
-    """How much of the charge's refunds is the uncaptured remainder (0 from basil on);
-    None when that cannot be told (an unknown API version with a partial capture)."""
+# The reasons a pre-basil remainder refund carries (none, or an expired authorisation).
+_REMAINDER_REASONS: Final = (None, "expired_uncaptured_charge")
+
+
+def _remainder(charge: Mapping[str, Any]) -> int | None:
     amount, captured = charge.get("amount"), charge.get("amount_captured")
     if not isinstance(amount, int) or isinstance(amount, bool):
         return None
     captured = captured if isinstance(captured, int) and not isinstance(captured, bool) else 0
-    remainder = max(0, amount - captured)
-    if remainder == 0:
-        return 0
-    old = pre_basil(api_version)
-    if old is None:
-        return None
-    return remainder if old else 0
+    return max(0, amount - captured)
 
 
 def _customer_refunds(
-    charge: Mapping[str, Any], reader: _Reader, api_version: str | None
+    charge: Mapping[str, Any],
+    reader: _Reader,
+    api_version: str | None,
+    refunds: Iterable[Mapping[str, Any]] | None,
 ) -> int | None:
-    remainder = refunds_remainder(charge, api_version)
+    """Money refunded to the customer, never the uncaptured remainder; None: unknown.
+
+    What an object shows was fixed when the capture or cancel happened, under the API
+    version of *that* request: a charge captured under an old version still counts its
+    remainder refund when read with a new one.  So the version an object is read in only
+    settles it for old versions; otherwise the Refund objects tell (the gateway lists them
+    when this answers None), the remainder being the refund of exactly the uncaptured
+    amount that Stripe made itself (no reason, or ``expired_uncaptured_charge``)."""
+    remainder = _remainder(charge)
     if remainder is None:
         return None
-    refunds = charge.get("refunds")
-    listed = refunds if isinstance(refunds, Mapping) else {}
-    data = listed.get("data")
-    if isinstance(data, list) and data and not listed.get("has_more"):
-        # The Refund objects themselves: a failed or canceled refund took nothing back.  An
-        # empty list says nothing: since 2022-11-15 the list is only there when expanded.
-        total = 0
-        for refund in data:
-            if not isinstance(refund, Mapping) or refund.get("status") not in _LIVE_REFUND:
-                continue
+    if refunds is None:
+        embedded = charge.get("refunds")
+        listed = embedded if isinstance(embedded, Mapping) else {}
+        data = listed.get("data")
+        # An empty list says nothing: since 2022-11-15 it is there only when expanded.
+        if isinstance(data, list) and data and not listed.get("has_more"):
+            refunds = data
+    if refunds is not None:
+        live = [r for r in refunds if isinstance(r, Mapping) and r.get("status") in _LIVE_REFUND]
+        amounts = []
+        for refund in live:
             amount = _Reader(refund, "refund").amount("amount")
             if amount is None:
-                reader.problems.append("latest_charge.refunds: a refund without an amount")
+                reader.problems.append("refund: an amount that is not an amount")
                 return None
-            total += amount
-        return max(0, total - remainder)
+            amounts.append((amount, refund.get("reason")))
+        if remainder:
+            for i, (amount, reason) in enumerate(amounts):
+                if amount == remainder and reason in _REMAINDER_REASONS:
+                    del amounts[i]
+                    break
+        return sum(amount for amount, _ in amounts)
     refunded = reader.amount("amount_refunded")
-    if refunded is None:
-        return None
-    return max(0, refunded - remainder)
+    if refunded is None or remainder == 0 or refunded == 0:
+        return refunded
+    if pre_basil(api_version):
+        return max(0, refunded - remainder)
+    return None
 
 
 def dispute_from_stripe(obj: Mapping[str, Any]) -> tuple[Dispute, list[str]]:
@@ -242,6 +257,7 @@ def payment_from_stripe(
     *,
     api_version: str | None = None,
     disputes: Iterable[Mapping[str, Any]] | None = None,
+    refunds: Iterable[Mapping[str, Any]] | None = None,
     fraud_warnings: Iterable[Mapping[str, Any]] | None = None,
 ) -> Payment:
     """The :class:`Payment` view of a PaymentIntent (a dict, or a ``StripeObject``).
@@ -250,7 +266,8 @@ def payment_from_stripe(
     the event's ``api_version`` for a webhook payload).  ``disputes``: the payment's Dispute
     objects when they were listed; otherwise they are known only to be none (an expanded
     charge that says ``disputed: false``) or unknown.  ``fraud_warnings``: early fraud
-    warnings when known (an EFW event), else unknown.
+    warnings when known (an EFW event), else unknown.  ``refunds``: the payment's Refund
+    objects when they were listed.
     """
     pi = _as_dict(obj)
     payment_id = pi.get("id")
@@ -277,7 +294,7 @@ def payment_from_stripe(
     amount_refunded: int | None = None
     known_disputes: tuple[Dispute, ...] | None = None
     if charge_obj is not None:
-        amount_refunded = _customer_refunds(charge, charge_reader, api_version)
+        amount_refunded = _customer_refunds(charge, charge_reader, api_version, refunds)
         disputed = charge_reader.flag("disputed")
         if disputes is not None:
             parsed = [dispute_from_stripe(d) for d in disputes if isinstance(d, Mapping)]
@@ -339,3 +356,9 @@ def payment_from_stripe(
         metadata=meta,
         problems=tuple(reader.problems + charge_reader.problems),
     )
+
+
+def needs_refund_list(payment: Payment, pi: Mapping[str, Any]) -> bool:
+    """Whether only the Refund objects can tell this payment's customer refunds."""
+    charge = pi.get("latest_charge")
+    return payment.amount_refunded is None and isinstance(charge, Mapping)

@@ -99,6 +99,11 @@ TASK_DURATION = Histogram(
     ["task"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
 )
+EVENTS_REFUSED = Counter(
+    "recon_events_refused_total",
+    "Events stored but never acted on: another mode (livemode) or Connect account",
+    ["cause"],
+)
 ENQUEUE_FAILURES = Counter(
     "recon_enqueue_failures_total",
     "Inbox events committed but not handed to the queue (redrive will pick them up)",
@@ -123,6 +128,11 @@ def stripe_request(endpoint: str, outcome: str) -> None:
 
 def count_run(job: str, status: str) -> None:
     RUNS.labels(job=job, status=status).inc()
+
+
+def count_event_refused(cause: str) -> None:
+    # ``cause`` is "livemode" or "account", never the account id (unbounded label values).
+    EVENTS_REFUSED.labels(cause=cause if cause in ("livemode", "account") else "other").inc()
 
 
 def count_enqueue_failure(n: int = 1) -> None:

@@ -11,7 +11,7 @@ from ledger.protocol import Ledger
 from ledger.sql import SqlLedger
 from reconcile.guard import Guard
 from reconcile.ports import Hooks, Services
-from reconcile.ratelimit import RateLimiter, make_rate_limiter
+from reconcile.ratelimit import EndpointLimiters, RateLimiter, make_rate_limiter
 from reconcile.stripe_gateway import StripeGateway
 from worker import metrics
 from worker.db import engine_for
@@ -46,7 +46,8 @@ def ledger_factory(settings: Settings) -> Callable[[Connection], Ledger]:
 def build_services(settings: Settings) -> Services:
     ledger_for = ledger_factory(settings)
     engine = engine_for(settings.database_url)
-    limiter: RateLimiter = make_rate_limiter(settings.redis_url, settings.stripe_rate_limit)
+    limiter: RateLimiter = make_rate_limiter(settings.redis_url, settings.stripe_global_rate)
+    endpoints = EndpointLimiters(settings.redis_url, settings.stripe_endpoint_rate_limit)
     api_key = settings.stripe_api_key.get_secret_value()
 
     def new_gateway() -> StripeGateway:
@@ -56,6 +57,8 @@ def build_services(settings: Settings) -> Services:
             api_key,
             settings.stripe_api_base,
             limiter,
+            endpoint_limiter=endpoints,
+            api_version=settings.stripe_api_version,
             on_request=metrics.stripe_request,
         )
 
@@ -74,11 +77,15 @@ def build_services(settings: Settings) -> Services:
         dashboard_base=settings.dashboard_base,
         sweep_min_age=settings.sweep_min_age,
         sweep_batch=settings.sweep_batch,
+        livemode=settings.stripe_livemode,
+        accounts=settings.connect_accounts,
+        catch_up_first_window=settings.catch_up_first_window,
         hooks=Hooks(
             action=metrics.count_action,
             ticket=metrics.count_ticket,
             run=metrics.count_run,
             stripe_request=metrics.stripe_request,
+            event_refused=metrics.count_event_refused,
         ),
     )
 

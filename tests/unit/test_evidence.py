@@ -170,14 +170,29 @@ def test_a_failed_attempt_shows_on_the_charge_after_the_error_was_cleared() -> N
 # --- refunds under either API version ----------------------------------------------------
 
 
-def partial_capture(api_version: str, *, customer_refund: int = 0) -> Any:
-    # Authorised 2,000, captured 1,500. Before basil the uncaptured 500 is also a refund.
-    remainder = 500 if api_version == PRE_BASIL else 0
-    settled = charge(
-        amount_captured=1500, amount_refunded=remainder + customer_refund, refunded=False
-    )
+def partial_capture(
+    capture_version: str, *, customer_refund: int = 0, read_in: str = CURRENT, listed: bool = True
+) -> Any:
+    """Authorised 2,000, captured 1,500 under ``capture_version``: before basil Stripe also
+    refunds the uncaptured 500 itself.  Read (as the gateway reads) in ``read_in``, with the
+    Refund objects listed when ``listed``."""
+    refunds = []
+    if capture_version == PRE_BASIL:
+        refunds.append({"id": "re_rest", "amount": 500, "status": "succeeded", "reason": None})
+    if customer_refund:
+        refunds.append(
+            {
+                "id": "re_cus",
+                "amount": customer_refund,
+                "status": "succeeded",
+                "reason": "requested_by_customer",
+            }
+        )
+    settled = charge(amount_captured=1500, amount_refunded=sum(r["amount"] for r in refunds))
     return payment_from_stripe(
-        pi(amount_received=1500, latest_charge=settled), api_version=api_version
+        pi(amount_received=1500, latest_charge=settled),
+        api_version=read_in,
+        refunds=refunds if listed else None,
     )
 
 
@@ -185,7 +200,7 @@ def partial_capture(api_version: str, *, customer_refund: int = 0) -> Any:
 def test_the_uncaptured_remainder_of_a_partial_capture_is_not_a_customer_refund(
     version: str,
 ) -> None:
-    payment = partial_capture(version)
+    payment = partial_capture(version, read_in=CURRENT)
     assert payment.amount_refunded == 0
     applied = inflight(status=EntryStatus.APPLIED, committed_amount=1500, voided_amount=500)
     decision = decide(payment, applied, POLICY, NOW)
@@ -201,12 +216,20 @@ def test_a_real_refund_after_a_partial_capture_is_counted_once(version: str) -> 
     assert decide(payment, applied, POLICY, NOW).reason is Reason.REFUND_AFTER_CREDIT
 
 
-def test_an_unknown_api_version_with_a_partial_capture_leaves_refunds_unknown() -> None:
-    payment = partial_capture(PRE_BASIL)
-    unknown = payment_from_stripe(
-        pi(amount_received=1500, latest_charge=charge(amount_captured=1500, amount_refunded=500))
-    )
-    assert payment.amount_refunded == 0 and unknown.amount_refunded is None
+def test_an_object_read_in_a_pre_basil_version_counts_the_remainder_without_a_list() -> None:
+    payment = partial_capture(PRE_BASIL, read_in=PRE_BASIL, listed=False)
+    assert payment.amount_refunded == 0
+
+
+@pytest.mark.parametrize("read_in", [BASIL, CURRENT, None])
+def test_refunds_of_a_partial_capture_read_in_a_new_version_are_unknown_until_listed(
+    read_in: str | None,
+) -> None:
+    # A capture made under an old version still counts its remainder when read with a new
+    # one: only the Refund objects can tell the remainder from a customer's refund.
+    old = partial_capture(PRE_BASIL, read_in=read_in, listed=False)  # type: ignore[arg-type]
+    new = partial_capture(BASIL, customer_refund=500, read_in=read_in, listed=False)  # type: ignore[arg-type]
+    assert old.amount_refunded is None and new.amount_refunded is None
 
 
 def test_refund_objects_count_only_refunds_that_took_money_back() -> None:
