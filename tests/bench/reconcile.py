@@ -12,8 +12,8 @@ Stripe-compatible server (no rate limit: the floor is computed, not waited for):
 
 Reported: payments reconciled, Stripe calls (counted by the server), calls per payment,
 wall time, and the floor Stripe's rate limits set beside the wall time: the global budget
-(25/s test, 100/s live) or the busiest endpoint's own 25/s, whichever binds.  Every entry must end APPLIED and the ledger
-invariants must hold.
+(25/s test, 100/s live) or the busiest endpoint's own 25/s, whichever binds.  Every entry
+must end APPLIED and the ledger invariants must hold.
 """
 
 from __future__ import annotations
