@@ -62,11 +62,25 @@ class Transaction:
 
 @dataclass(frozen=True)
 class Balance:
+    """One balance in one currency.  An indicator (``@stripe``) has one of these per
+    currency, so ``label`` (name and currency) is what tells two of them apart."""
+
     name: str
     currency: str
     balance: int
     inflight_credit: int
     inflight_debit: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.currency})"
+
+    def __str__(self) -> str:
+        return (
+            f"{self.label}: {Money(self.balance, self.currency).format()} applied, "
+            f"{Money(self.inflight_credit, self.currency).format()} inflight in, "
+            f"{Money(self.inflight_debit, self.currency).format()} inflight out"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {

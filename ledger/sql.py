@@ -27,9 +27,11 @@ from sqlalchemy import (
     Column,
     Connection,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     UniqueConstraint,
@@ -39,6 +41,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -61,15 +64,36 @@ from ledger.types import UtcDateTime
 
 metadata = MetaData()
 
+
+def is_indicator(name: str) -> bool:
+    """An indicator balance (``@stripe``, ``@World``) exists once per currency, as in Blnk."""
+    return name.startswith("@")
+
+
+# substr rather than LIKE '@%': the same text on both dialects, and no '%' for a driver's
+# paramstyle to trip on.
+_NAMED = "substr(name, 1, 1) <> '@'"
+
+# A balance is a (name, currency) pair.  Indicator balances may have one row per currency;
+# a named balance holds one currency, which the partial unique index enforces even against
+# two first uses racing in different currencies.
 balances = Table(
     "ledger_balances",
     metadata,
-    Column("name", String(200), primary_key=True),
+    Column("name", String(200), nullable=False),
     Column("currency", String(3), nullable=False),
     Column("balance", BigInteger, nullable=False, default=0),
     Column("inflight_credit", BigInteger, nullable=False, default=0),
     Column("inflight_debit", BigInteger, nullable=False, default=0),
     Column("created_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("name", "currency", name="ledger_balances_pkey"),
+    Index(
+        "uq_ledger_balances_named",
+        "name",
+        unique=True,
+        postgresql_where=text(_NAMED),
+        sqlite_where=text(_NAMED),
+    ),
 )
 
 transactions = Table(
@@ -77,8 +101,8 @@ transactions = Table(
     metadata,
     Column("id", String(40), primary_key=True),
     Column("reference", String(255), nullable=False, unique=True),
-    Column("source", String(200), ForeignKey("ledger_balances.name"), nullable=False),
-    Column("destination", String(200), ForeignKey("ledger_balances.name"), nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("destination", String(200), nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("currency", String(3), nullable=False),
     Column("status", String(10), nullable=False),
@@ -94,6 +118,16 @@ transactions = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     Index("ix_ledger_transactions_link", "link"),
     Index("ix_ledger_transactions_status_created", "status", "created_at"),
+    ForeignKeyConstraint(
+        ["source", "currency"],
+        ["ledger_balances.name", "ledger_balances.currency"],
+        name="ledger_transactions_source_fkey",
+    ),
+    ForeignKeyConstraint(
+        ["destination", "currency"],
+        ["ledger_balances.name", "ledger_balances.currency"],
+        name="ledger_transactions_destination_fkey",
+    ),
 )
 
 postings = Table(
@@ -126,11 +160,12 @@ def _delta(for_source: str, for_destination: str) -> Any:
     )
 
 
-# Both rows through the primary key with an IN list, which PostgreSQL walks in key order:
-# two transactions on the same pair of balances lock them alike and cannot deadlock.
+# Both rows through the primary key (name, currency) with an IN list on the name and the
+# currency fixed, which PostgreSQL walks in key order: two transactions on the same pair of
+# balances lock them alike and cannot deadlock.
 _MOVE = (
     update(balances)
-    .where(_b.name.in_([bindparam("first"), bindparam("second")]))
+    .where(_b.name.in_([bindparam("first"), bindparam("second")]), _b.currency == bindparam("cur"))
     .values(
         balance=_b.balance + _delta("src_applied", "dst_applied"),
         inflight_credit=_b.inflight_credit + _delta("src_credit", "dst_credit"),
@@ -241,10 +276,13 @@ class SqlLedger:
             stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing()
         else:
             stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
-        return int(self.conn.execute(stmt).rowcount or 0)
+        # RETURNING, not rowcount: SQLAlchemy 2 leaves an INSERT's rowcount at -1 (truthy)
+        # unless asked to keep it, which made a create that lost a race look like a winner.
+        key = next(iter(table.primary_key.columns))
+        return len(self.conn.execute(stmt.returning(key)).all())
 
     def _ensure_balance(self, name: str, currency: str) -> None:
-        self._insert_ignore(
+        inserted = self._insert_ignore(
             balances,
             {
                 "name": name,
@@ -255,19 +293,29 @@ class SqlLedger:
                 "created_at": self._clock(),
             },
         )
+        if inserted or is_indicator(name):
+            return
+        # Not inserted: either this very (name, currency) exists, or the name is taken in
+        # another currency (the partial unique index said no).
         found = self.conn.execute(
             select(balances.c.currency).where(balances.c.name == name)
         ).scalar_one()
         if found != currency:
-            raise CurrencyMismatch(f"balance {name!r} holds {found}, not {currency}")
+            raise CurrencyMismatch(
+                f"balance {name!r} holds {found}; it cannot take {currency} (a named balance "
+                f"keeps one currency; only indicator balances such as '@stripe' hold several)"
+            )
 
     @staticmethod
-    def _move_params(source: str, destination: str, applied: int, inflight: int) -> dict[str, Any]:
+    def _move_params(
+        source: str, destination: str, currency: str, applied: int, inflight: int
+    ) -> dict[str, Any]:
         """Bind values for _MOVE: ``applied`` into balances, ``inflight`` into reservations."""
         first, second = sorted((source, destination))
         return {
             "first": first,
             "second": second,
+            "cur": currency,
             "src": source,
             "src_applied": -applied,
             "dst_applied": applied,
@@ -277,8 +325,12 @@ class SqlLedger:
             "dst_debit": 0,
         }
 
-    def _move(self, source: str, destination: str, *, applied: int = 0, inflight: int = 0) -> None:
-        self.conn.execute(_MOVE, self._move_params(source, destination, applied, inflight))
+    def _move(
+        self, source: str, destination: str, currency: str, *, applied: int = 0, inflight: int = 0
+    ) -> None:
+        self.conn.execute(
+            _MOVE, self._move_params(source, destination, currency, applied, inflight)
+        )
 
     def _select(self, where: Any, lock: bool) -> Transaction | None:
         stmt = select(transactions).where(where)
@@ -326,7 +378,7 @@ class SqlLedger:
     ) -> Transaction:
         """Move the balances, record the posting and the new state; return that state."""
         params = {
-            **self._move_params(txn.source, txn.destination, applied, inflight),
+            **self._move_params(txn.source, txn.destination, txn.currency, applied, inflight),
             "tid": txn.id,
             "p_kind": kind,
             "p_amount": amount,
@@ -382,9 +434,9 @@ class SqlLedger:
             assert winner is not None
             return self._same_terms(winner, new)
         if new.inflight:
-            self._move(new.source, new.destination, inflight=new.amount)
+            self._move(new.source, new.destination, new.currency, inflight=new.amount)
         else:
-            self._move(new.source, new.destination, applied=new.amount)
+            self._move(new.source, new.destination, new.currency, applied=new.amount)
         self._post(txn_id, "create", new.amount, None, now)
         got = self.get(new.reference)
         assert got is not None
@@ -561,7 +613,11 @@ class SqlLedger:
         return [_row_to_txn(r) for r in rows]
 
     def balances(self) -> Sequence[Balance]:
-        rows = self.conn.execute(select(balances).order_by(balances.c.name)).mappings().all()
+        rows = (
+            self.conn.execute(select(balances).order_by(balances.c.name, balances.c.currency))
+            .mappings()
+            .all()
+        )
         return [
             Balance(
                 name=r["name"],
@@ -628,13 +684,15 @@ class SqlLedger:
             (t.c.status == "INFLIGHT", t.c.amount - t.c.committed_amount - t.c.voided_amount),
             else_=0,
         )
-        expected: dict[str, list[int]] = {}
+        expected: dict[tuple[str, str], list[int]] = {}
         for side, sign in ((t.c.destination, 1), (t.c.source, -1)):
             rows = self.conn.execute(
-                select(side, func.sum(t.c.committed_amount), func.sum(reserved)).group_by(side)
+                select(
+                    side, t.c.currency, func.sum(t.c.committed_amount), func.sum(reserved)
+                ).group_by(side, t.c.currency)
             ).all()
-            for name, committed, held in rows:
-                cur = expected.setdefault(name, [0, 0, 0])
+            for name, currency, committed, held in rows:
+                cur = expected.setdefault((name, currency), [0, 0, 0])
                 cur[0] += sign * int(committed or 0)
                 if sign > 0:
                     cur[1] += int(held or 0)
@@ -642,13 +700,13 @@ class SqlLedger:
                     cur[2] += int(held or 0)
         out: list[Violation] = []
         for bal in self.balances():
-            want = expected.get(bal.name, [0, 0, 0])
+            want = expected.get((bal.name, bal.currency), [0, 0, 0])
             have = [bal.balance, bal.inflight_credit, bal.inflight_debit]
             if have != want:
                 out.append(
                     Violation(
                         "balance_matches_transactions",
-                        f"{bal.name}: balance/inflight_credit/inflight_debit {have} "
+                        f"{bal.label}: balance/inflight_credit/inflight_debit {have} "
                         f"but transactions say {want}",
                     )
                 )

@@ -189,10 +189,92 @@ def test_refuses_bad_input_and_writes_nothing(db_engine, kwargs, error):
     assert balances(db_engine) == {}
 
 
-def test_refuses_a_balance_in_another_currency(db_engine):
+def test_a_named_balance_keeps_its_currency_and_refuses_another_with_a_clear_error(db_engine):
     run(db_engine, lambda lg: lg.create(new()))
-    with pytest.raises(CurrencyMismatch):
+    with pytest.raises(CurrencyMismatch, match="'wallet:alice' holds USD; it cannot take EUR"):
         run(db_engine, lambda lg: lg.create(new("pi_2", currency="EUR")))
+    assert "pi_2" not in {t.reference for t in run(db_engine, lambda lg: lg.list_transactions())}
+
+
+def test_an_indicator_balance_exists_once_per_currency_created_on_first_use(db_engine):
+    run(db_engine, lambda lg: lg.create(new("pi_usd", 5000, "USD", inflight=False)))
+    run(db_engine, lambda lg: lg.create(new("pi_jpy", 700, "JPY", destination="w:jp")))
+    run(db_engine, lambda lg: lg.create(new("pi_eur", 900, "EUR", destination="w:eu")))
+    run(db_engine, lambda lg: lg.commit("pi_jpy"))
+    got = {(b.name, b.currency): b for b in run(db_engine, lambda lg: lg.balances())}
+    assert sorted(k for k in got if k[0] == "@stripe") == [
+        ("@stripe", "EUR"),
+        ("@stripe", "JPY"),
+        ("@stripe", "USD"),
+    ]
+    assert got[("@stripe", "USD")].balance == -5000
+    assert got[("@stripe", "JPY")].balance == -700
+    assert got[("@stripe", "EUR")].inflight_debit == 900
+    assert str(got[("@stripe", "JPY")]).startswith("@stripe (JPY): -700 JPY applied")
+    assert_invariants(db_engine)
+
+
+def test_two_first_uses_of_a_named_balance_in_two_currencies_racing_leave_one(pg_engine):
+    barrier = threading.Barrier(2)
+    outcome: dict[str, object] = {}
+
+    def attempt(currency: str) -> None:
+        with pg_engine.connect() as conn:
+            barrier.wait()
+            try:
+                with conn.begin():
+                    SqlLedger(conn).create(new(f"pi_{currency}", 100, currency))
+                outcome[currency] = "ok"
+            except CurrencyMismatch as exc:
+                outcome[currency] = exc
+
+    threads = [threading.Thread(target=attempt, args=(c,)) for c in ("USD", "EUR")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(v == "ok" for v in outcome.values()) == [False, True], outcome
+    named = [b for b in run(pg_engine, lambda lg: lg.balances()) if b.name == "wallet:alice"]
+    assert len(named) == 1
+    assert_invariants(pg_engine)
+
+
+def test_two_creates_of_one_reference_racing_record_it_once(pg_engine):
+    barrier = threading.Barrier(4)
+    ids: list[str] = []
+
+    def attempt() -> None:
+        with pg_engine.connect() as conn:
+            barrier.wait()
+            with conn.begin():
+                ids.append(SqlLedger(conn).create(new()).id)
+
+    threads = [threading.Thread(target=attempt) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 1
+    assert balances(pg_engine)["wallet:alice"] == (0, 5000, 0)
+    assert_invariants(pg_engine)
+
+
+def test_a_commit_on_postgresql_is_two_statements_before_the_commit(pg_engine):
+    from sqlalchemy import event
+
+    run(pg_engine, lambda lg: lg.create(new()))
+    seen: list[str] = []
+
+    def count(conn, cursor, statement, *args):  # noqa: ANN001
+        seen.append(statement.split()[0])
+
+    with pg_engine.begin() as conn:
+        event.listen(conn, "before_cursor_execute", count)
+        SqlLedger(conn).commit("pi_1")
+        event.remove(conn, "before_cursor_execute", count)
+    # The lock (SELECT ... FOR UPDATE) and one statement that moves both balances, writes
+    # the posting and stores the new state; COMMIT is the third round trip.
+    assert seen == ["SELECT", "WITH"], seen
 
 
 def test_handles_zero_decimal_currencies_in_minor_units(db_engine):
