@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ledger.errors import LedgerError
 from ledger.money import Money
 
 
@@ -111,3 +112,20 @@ class Violation:
 
     def __str__(self) -> str:
         return f"{self.rule}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Settled:
+    """One item of a bulk commit or void: the transaction as it now stands, or why not.
+
+    A retry that finds the work already done (a full commit already committed, a void
+    already voided) is a success, as it is for ``commit`` and ``void``.
+    """
+
+    reference: str
+    transaction: Transaction | None = None
+    error: LedgerError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

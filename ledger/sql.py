@@ -17,7 +17,7 @@ Concurrency rules:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,18 +47,18 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 
+from ledger.checks import is_amount, validate_new
 from ledger.errors import (
     AlreadyCommitted,
     AlreadyVoided,
     CommitAmountExceeded,
     CurrencyMismatch,
     InvalidAmount,
-    InvalidInput,
+    LedgerError,
     ReferenceConflict,
     TransactionNotFound,
 )
-from ledger.model import Balance, NewTransaction, Transaction, TxnStatus, Violation
-from ledger.money import normalize_currency
+from ledger.model import Balance, NewTransaction, Settled, Transaction, TxnStatus, Violation
 from ledger.protocol import LINK_KEY
 from ledger.types import UtcDateTime
 
@@ -228,38 +228,6 @@ def _row_to_txn(row: RowMapping) -> Transaction:
     )
 
 
-def _validate(new: NewTransaction) -> NewTransaction:
-    if not isinstance(new.amount, int) or isinstance(new.amount, bool) or new.amount <= 0:
-        raise InvalidAmount(f"amount must be a positive integer of minor units: {new.amount!r}")
-    for label, value in (
-        ("reference", new.reference),
-        ("source", new.source),
-        ("destination", new.destination),
-    ):
-        if not isinstance(value, str) or not value.strip():
-            raise InvalidInput(f"{label} must be a non-empty string")
-        if len(value) > 200:
-            raise InvalidInput(f"{label} is longer than 200 characters")
-    if new.source == new.destination:
-        raise InvalidInput("source and destination must differ")
-    for key in new.metadata:
-        if not isinstance(key, str) or not key:
-            raise InvalidInput(f"metadata keys must be non-empty strings: {key!r}")
-    link = new.metadata.get(LINK_KEY)
-    if link is not None and not isinstance(link, str):
-        raise InvalidInput(f"metadata {LINK_KEY} must be a string")
-    return NewTransaction(
-        reference=new.reference,
-        source=new.source,
-        destination=new.destination,
-        amount=new.amount,
-        currency=normalize_currency(new.currency),
-        inflight=new.inflight,
-        metadata=dict(new.metadata),
-        expires_at=new.expires_at,
-    )
-
-
 class SqlLedger:
     """Ledger on a SQLAlchemy connection; the caller owns the transaction and commits it."""
 
@@ -399,7 +367,7 @@ class SqlLedger:
     # -- the protocol --------------------------------------------------------------------
 
     def create(self, new: NewTransaction) -> Transaction:
-        new = _validate(new)
+        new = validate_new(new)
         existing = self.get(new.reference, lock=True)
         if existing is not None:
             return self._same_terms(existing, new)
@@ -471,9 +439,7 @@ class SqlLedger:
     def commit(
         self, reference: str, amount: int | None = None, *, idempotency_key: str | None = None
     ) -> Transaction:
-        if amount is not None and (
-            not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0
-        ):
+        if amount is not None and not is_amount(amount):
             raise InvalidAmount(f"commit amount must be a positive integer: {amount!r}")
         txn = self._locked(reference)
         if self._posted(txn.id, idempotency_key):
@@ -534,6 +500,31 @@ class SqlLedger:
             status=status,
             now=now,
         )
+
+    def commit_many(self, items: Sequence[tuple[str, int | None]]) -> list[Settled]:
+        return [self._settle_one(ref, self.commit, amount) for ref, amount in items]
+
+    def void_many(self, references: Sequence[str]) -> list[Settled]:
+        return [self._settle_one(ref, self._void_all) for ref in references]
+
+    def _void_all(self, reference: str, _: int | None) -> Transaction:
+        return self.void(reference)
+
+    def _settle_one(
+        self,
+        reference: str,
+        act: Callable[[str, int | None], Transaction],
+        amount: int | None = None,
+    ) -> Settled:
+        # A savepoint per item: one refusal leaves the others' writes in the transaction.
+        savepoint = self.conn.begin_nested()
+        try:
+            txn = act(reference, amount)
+        except LedgerError as exc:
+            savepoint.rollback()
+            return Settled(reference, error=exc)
+        savepoint.commit()
+        return Settled(reference, transaction=txn)
 
     def claim_inflight(
         self,

@@ -52,6 +52,10 @@ _RESOURCES = {
     "multi-search": "search",
     "mocked-account": "accounts",
 }
+_RESERVED_QUERY = frozenset(
+    {"limit", "offset", "sort_by", "sort_order", "include_count", "logical_operator"}
+)
+_QUERY_OPERATORS = frozenset({"eq", "ne", "gt", "gte", "lt", "lte", "in"})
 _ACTIONS = {"GET": "read", "HEAD": "read", "POST": "write", "PUT": "write", "PATCH": "write"}
 
 
@@ -427,18 +431,47 @@ class FakeBlnk:
         return _json(bal.render())
 
     def _list_balances(self, request: Request, body: Any, key_id: str | None) -> Response:
-        """api/balance.go GetBalances: limit (default 10) and offset from the query."""
+        """api/balance.go GetBalances: limit (default 10) and offset from the query, and the
+        query-string filters ``<field>_<operator>=value`` (internal/filter/parser.go
+        ParseFromQuery: ``in`` takes comma-separated values, at most 100)."""
+        params = request.query_params
         try:
-            limit = int(request.query_params.get("limit", "10"))
-            offset = int(request.query_params.get("offset", "0"))
+            limit = int(params.get("limit", "10"))
+            offset = int(params.get("offset", "0"))
         except ValueError:
             raise BlnkError(400, "GEN_VALIDATION_ERROR", "invalid limit value") from None
         if limit <= 0:
             raise BlnkError(400, "GEN_VALIDATION_ERROR", "invalid limit value")
         if offset < 0:
             raise BlnkError(400, "GEN_VALIDATION_ERROR", "invalid offset value")
-        rows = self.state.list_balances()[offset : offset + limit]
-        return _json([b.render() for b in rows])
+        filters = []
+        for key, value in params.items():
+            if key in _RESERVED_QUERY or "_" not in key:
+                continue
+            name, _, op = key.rpartition("_")
+            if op not in _QUERY_OPERATORS:
+                continue
+            if op == "in":
+                values = [v.strip() for v in value.split(",")]
+                if len(values) > 100:
+                    raise BlnkError(
+                        400, "GEN_VALIDATION_ERROR", "IN operator exceeds maximum values (100)"
+                    )
+                filters.append({"field": name, "operator": "in", "values": values})
+            else:
+                filters.append({"field": name, "operator": op, "value": value})
+        if not filters:
+            rows = self.state.list_balances()[offset : offset + limit]
+            return _json([b.render() for b in rows])
+        page = self.state.filter_balances(
+            {
+                "filters": filters,
+                "limit": limit if limit <= 100 else 100,
+                "offset": offset,
+                "sort_order": "asc",
+            }
+        )
+        return _json(page)
 
     def _filter_balances(self, request: Request, body: Any, key_id: str | None) -> Response:
         return _json(self.state.filter_balances(body if isinstance(body, dict) else {}))
