@@ -83,7 +83,7 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from ledger.checks import is_amount, validate_new
@@ -221,7 +221,7 @@ class BlnkClient:
     def retrying(self) -> Retrying:
         return Retrying(
             stop=stop_after_attempt(self.max_attempts),
-            wait=wait_exponential_jitter(initial=self.backoff_initial, max=self.backoff_max),
+            wait=wait_random_exponential(multiplier=self.backoff_initial, max=self.backoff_max),
             retry=retry_if_exception_type(_Transient),
             reraise=False,
         )
@@ -634,7 +634,8 @@ class BlnkLedger:
             else:
                 ours = TxnStatus.INFLIGHT
         elif status == "QUEUED":
-            if _meta(hold).get("inflight") is not True:
+            # api/transactions.go transformTransaction lifts meta_data.inflight to the top.
+            if hold.get("inflight") is not True and _meta(hold).get("inflight") is not True:
                 raise LedgerBusy(
                     f"{reference}: queued in Blnk and not applied yet; the next pass will see it"
                 )

@@ -1148,6 +1148,7 @@ def _compile_filter(spec: Any, fields: frozenset[str]) -> Callable[[Any, Any], b
             f"got {len(values)}",
         )
     is_time = name in _TIME_FIELDS
+    is_txn = "transaction_id" in fields
     raw = spec.get("value")
     wanted: Any = (
         _parse_time(raw)
@@ -1158,7 +1159,8 @@ def _compile_filter(spec: Any, fields: frozenset[str]) -> Callable[[Any, Any], b
 
     def check(item: Any, value_of: Callable[[Any, str], Any]) -> bool:
         have = value_of(item, name)
-        if name == "balance_id":
+        if name == "balance_id" and is_txn:
+            # internal/filter/sql_special.go buildBalanceIdCondition: source or destination.
             have_any = [getattr(item, "source", None), getattr(item, "destination", None)]
             if op == "eq":
                 return raw in have_any
