@@ -446,13 +446,8 @@ class BlnkLedger:
         self.conn = conn
         self.client = client
         self._clock = clock
-        self._dry_run = dry_run
-
-    @property
-    def dry_run(self) -> bool:
-        if self._dry_run is not None:
-            return self._dry_run
-        return bool(self.conn.info.get(DRY_RUN, False))
+        # A ledger made on a rehearsing connection rehearses (ledger/protocol.py DRY_RUN).
+        self.dry_run = bool(conn.info.get(DRY_RUN, False)) if dry_run is None else dry_run
 
     # -- the service's own rows: locks, claims, keys -----------------------------------
 

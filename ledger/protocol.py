@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Protocol
+
+from sqlalchemy import Connection
 
 from ledger.model import Balance, NewTransaction, Settled, Transaction, Violation
 
@@ -12,10 +15,26 @@ from ledger.model import Balance, NewTransaction, Settled, Transaction, Violatio
 # follows another convention.  The ledger only stores it; it knows nothing of Stripe.
 LINK_KEY = "stripe_payment_intent"
 
-# A caller rehearsing (its database transaction will be rolled back) sets
-# ``conn.info[DRY_RUN] = True``.  A ledger whose writes do not roll back with that
-# connection (Blnk, over HTTP) then sends no write and answers what the write would give.
+# A caller rehearsing (its database transaction will be rolled back) marks the connection
+# (``rehearsal``) before it makes a ledger on it.  A ledger whose writes do not roll back
+# with that connection (Blnk, over HTTP) then sends no write and answers what it would give.
 DRY_RUN = "ledger.dry_run"
+
+
+@contextmanager
+def rehearsal(conn: Connection, dry_run: bool) -> Iterator[None]:
+    """Mark ``conn`` as rehearsing for the block (``conn.info`` outlives the checkout, so
+    the mark is always taken off again)."""
+    before = conn.info.get(DRY_RUN)
+    conn.info[DRY_RUN] = dry_run
+    try:
+        yield
+    finally:
+        if before is None:
+            conn.info.pop(DRY_RUN, None)
+        else:
+            conn.info[DRY_RUN] = before
+
 
 # The most items one bulk call takes (Blnk: api/model/transaction.go MaxBulkInflightItems).
 BULK_MAX = 100

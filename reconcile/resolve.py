@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from ledger.model import NewTransaction, Transaction, TxnStatus
-from ledger.protocol import LINK_KEY
+from ledger.protocol import LINK_KEY, rehearsal
 from reconcile.engine import Services, to_entry
 from reconcile.model import Payment, PaymentStatus, TicketKind
 from reconcile.runs import record_audit
@@ -181,7 +181,8 @@ def resolve_ticket(
                     f"ticket {ticket_id} was closed meanwhile",
                     dry_run,
                 )
-            ledger = svc.ledger_for(conn)
+            with rehearsal(conn, dry_run):
+                ledger = svc.ledger_for(conn)
             txn = None if is_incident else ledger.find_linked(pid, lock=True)
             before = entry_state(to_entry(txn)) if not is_incident else None
             stripe_state = payment_state(payment) if action is not ResolveAction.NONE else None

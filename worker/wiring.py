@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from sqlalchemy import Connection
 
+from ledger.blnk import BlnkClient, BlnkLedger
 from ledger.protocol import Ledger
 from ledger.sql import SqlLedger
 from reconcile.engine import Guard, Hooks, Services
@@ -32,11 +34,36 @@ def sinks_of(settings: Settings) -> tuple[str, ...]:
     return tuple(out)
 
 
-def build_services(settings: Settings, *, enqueue: object = None) -> Services:
-    if settings.ledger != "sql":
+def ledger_factory(settings: Settings) -> Callable[[Connection], Ledger]:
+    """What binds a ledger to a connection: SqlLedger, or BlnkLedger over one shared client.
+
+    The Blnk key goes into the client and nowhere else: never into a message or a log.
+    """
+    if settings.ledger == "sql":
+        return SqlLedger
+    url = (settings.blnk_url or "").strip()
+    key = settings.blnk_api_key.get_secret_value().strip()
+    if not url:
         raise ConfigError(
-            f"RECON_LEDGER={settings.ledger!r} is not available in this build; use 'sql'"
+            "RECON_LEDGER=blnk needs BLNK_URL (Blnk Core's address, e.g. http://blnk:5001)"
         )
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"BLNK_URL must start with http:// or https://, got {url!r}")
+    if not key:
+        raise ConfigError(
+            "RECON_LEDGER=blnk needs BLNK_API_KEY (scopes: transactions:read, "
+            "transactions:write, balances:read)"
+        )
+    client = BlnkClient(url, key, on_request=metrics.blnk_request)
+
+    def blnk_ledger(conn: Connection) -> Ledger:
+        return BlnkLedger(conn, client)
+
+    return blnk_ledger
+
+
+def build_services(settings: Settings, *, enqueue: object = None) -> Services:
+    ledger_for = ledger_factory(settings)
     engine = engine_for(settings.database_url)
     limiter: RateLimiter = make_rate_limiter(settings.redis_url, settings.stripe_rate_limit)
     api_key = settings.stripe_api_key.get_secret_value()
@@ -50,9 +77,6 @@ def build_services(settings: Settings, *, enqueue: object = None) -> Services:
             limiter,
             on_request=metrics.stripe_request,
         )
-
-    def ledger_for(conn: Connection) -> Ledger:
-        return SqlLedger(conn)
 
     return Services(
         engine=engine,

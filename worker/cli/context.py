@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from ledger.sql import SqlLedger
-from worker.cli.output import fail
+from ledger.errors import LedgerError
+from ledger.protocol import rehearsal
+from worker.cli.output import EXIT_ATTENTION, fail
 from worker.db import engine_for
 from worker.settings import Settings
 
@@ -43,20 +45,37 @@ class App:
                 fail(f"the database has no schema yet ({detail}); run `recon db upgrade` first", 1)
             fail(f"database unavailable: {detail}", 1)
 
+    @cached_property
+    def ledger_for(self) -> Callable[[Connection], Any]:
+        """The configured ledger (RECON_LEDGER): SqlLedger, or BlnkLedger."""
+        from worker.wiring import ConfigError, ledger_factory
+
+        try:
+            return ledger_factory(self.settings)
+        except ConfigError as exc:
+            fail(str(exc))
+
     @contextmanager
     def rehearse(self) -> Iterator[Connection]:
-        """A transaction that is always rolled back: what --dry-run runs in."""
+        """A transaction that is always rolled back, marked as a rehearsal so that a ledger
+        whose writes would not roll back (Blnk) sends none: what --dry-run runs in."""
         with self.begin() as conn:
             nested = conn.begin_nested()
             try:
-                yield conn
+                with rehearsal(conn, True):
+                    yield conn
             finally:
                 nested.rollback()
 
     @contextmanager
-    def ledger(self) -> Iterator[SqlLedger]:
+    def ledger(self) -> Iterator[Any]:
+        """A read of the configured ledger; its errors end the command in one line."""
         with self.begin() as conn:
-            yield SqlLedger(conn)
+            ledger = self.ledger_for(conn)
+            try:
+                yield ledger
+            except LedgerError as exc:
+                fail(f"{type(exc).__name__}: {exc}", EXIT_ATTENTION)
 
 
 app_state = App()

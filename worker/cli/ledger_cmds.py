@@ -10,11 +10,12 @@ import typer
 from ledger.errors import InvalidInput, LedgerError, TransactionNotFound
 from ledger.model import NewTransaction, Transaction
 from ledger.money import Money
-from ledger.sql import SqlLedger
 from worker.cli.context import app_state
 from worker.cli.output import EXIT_ATTENTION, console, fail, kv, print_json, table
 
-app = typer.Typer(help="Inspect and operate the ledger (balances, inflight transactions).")
+app = typer.Typer(
+    help="Inspect and operate the ledger (RECON_LEDGER: the built-in SQL ledger, or Blnk)."
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DryRunOpt = Annotated[
@@ -73,7 +74,10 @@ def inflight(
     amount: Annotated[str, typer.Argument(help="Amount in minor units (5000 = 50.00 USD).")],
     currency: Annotated[str, typer.Argument(help="ISO 4217 code, e.g. USD, EUR, JPY.")],
     source: Annotated[str, typer.Argument(help="Balance the money comes from, e.g. @stripe.")],
-    destination: Annotated[str, typer.Argument(help="Balance credited, e.g. wallet:cus_123.")],
+    destination: Annotated[
+        str,
+        typer.Argument(help="Balance credited, e.g. wallet:cus_123 (on Blnk: its bln_... id)."),
+    ],
     meta: Annotated[
         list[str] | None, typer.Option("--meta", help="KEY=VALUE metadata (repeatable).")
     ] = None,
@@ -110,7 +114,7 @@ def inflight(
     scope = app_state.rehearse() if dry_run else app_state.begin()
     try:
         with scope as conn:
-            txn = SqlLedger(conn).create(new)
+            txn = app_state.ledger_for(conn).create(new)
     except InvalidInput as exc:
         fail(str(exc))
     except LedgerError as exc:
@@ -193,7 +197,7 @@ def _operate(reference: str, dry_run: bool, as_json: bool, op: str, amount: int 
     scope = app_state.rehearse() if dry_run else app_state.begin()
     try:
         with scope as conn:
-            ledger = SqlLedger(conn)
+            ledger = app_state.ledger_for(conn)
             txn = ledger.commit(reference, amount) if op == "commit" else ledger.void(reference)
     except TransactionNotFound as exc:
         fail(str(exc), EXIT_ATTENTION)
