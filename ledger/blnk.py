@@ -61,7 +61,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -86,7 +86,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ledger.checks import is_amount, validate_new
+from ledger.checks import is_amount, to_commit, to_void, validate_new
 from ledger.errors import (
     AlreadyCommitted,
     AlreadyVoided,
@@ -426,7 +426,6 @@ class _Hold:
     precision: int
     children: frozenset[str]  # ids of the children seen when read
     pending: bool = False  # QUEUED in Blnk: nothing reserved yet, nothing to settle yet
-    raw: Mapping[str, Any] = field(default_factory=dict)
 
 
 # -- the ledger -------------------------------------------------------------------------------
@@ -666,7 +665,6 @@ class BlnkLedger:
             precision=_precision(hold),
             children=frozenset(str(c.get("transaction_id")) for c in children),
             pending=pending,
-            raw=hold,
         )
 
     def _record(self, reference: str) -> dict[str, Any] | None:
@@ -977,23 +975,9 @@ class BlnkLedger:
         if idempotency_key is not None and self._keyed(reference, idempotency_key):
             return hold.txn
         txn = hold.txn
-        if txn.status is TxnStatus.VOID:
-            raise AlreadyVoided(f"{reference} was voided; it cannot be committed")
-        if txn.remaining == 0:
-            if txn.voided_amount:
-                raise AlreadyVoided(
-                    f"{reference}: the uncommitted remainder ({txn.voided_amount}) was voided"
-                )
-            if amount is None:
-                return txn  # a full commit retried after it happened: nothing to do
-            raise AlreadyCommitted(f"{reference} is already fully committed")
-        if txn.status is not TxnStatus.INFLIGHT:
-            raise NotInflight(f"{reference} is {txn.status.value}, not INFLIGHT")
-        take = txn.remaining if amount is None else amount
-        if take > txn.remaining:
-            raise CommitAmountExceeded(
-                f"{reference}: cannot commit {take}, only {txn.remaining} of {txn.amount} left"
-            )
+        take = to_commit(txn, amount)
+        if take is None:
+            return txn  # a full commit retried after it happened: nothing to do
         if hold.pending:
             raise LedgerBusy(f"{reference}: queued in Blnk, not reserved yet; retry later")
         if self.dry_run:
@@ -1014,12 +998,8 @@ class BlnkLedger:
         if hold is None:
             raise TransactionNotFound(reference)
         txn = hold.txn
-        if txn.status is TxnStatus.VOID:
+        if to_void(txn) is None:
             return txn  # voiding twice releases nothing twice
-        if txn.remaining == 0:
-            if txn.voided_amount:
-                return txn
-            raise AlreadyCommitted(f"{reference} is fully committed; nothing left to void")
         if hold.pending:
             raise LedgerBusy(f"{reference}: queued in Blnk, not reserved yet; retry later")
         if self.dry_run:
@@ -1306,25 +1286,11 @@ def _after_settle(hold: _Hold, op: str, amount: int | None, now: datetime) -> Tr
 def _decide(op: str, hold: _Hold, amount: int | None) -> Transaction | None:
     """The checks ``commit``/``void`` make before sending: the transaction when there is
     nothing to send, None when there is, a typed error when it cannot be done."""
-    txn, ref = hold.txn, hold.txn.reference
-    if op == "void":
-        if txn.status is TxnStatus.VOID or (txn.remaining == 0 and txn.voided_amount):
-            return txn
-        if txn.remaining == 0:
-            raise AlreadyCommitted(f"{ref} is fully committed; nothing left to void")
-    else:
-        if txn.status is TxnStatus.VOID or (txn.remaining == 0 and txn.voided_amount):
-            raise AlreadyVoided(f"{ref} was voided; it cannot be committed")
-        if txn.remaining == 0:
-            if amount is None:
-                return txn
-            raise AlreadyCommitted(f"{ref} is already fully committed")
-        if amount is not None and amount > txn.remaining:
-            raise CommitAmountExceeded(
-                f"{ref}: cannot commit {amount}, only {txn.remaining} of {txn.amount} left"
-            )
+    left = to_commit(hold.txn, amount) if op == "commit" else to_void(hold.txn)
+    if left is None:
+        return hold.txn
     if hold.pending:
-        raise LedgerBusy(f"{ref}: queued in Blnk, not reserved yet; retry later")
+        raise LedgerBusy(f"{hold.txn.reference}: queued in Blnk, not reserved yet; retry later")
     return None
 
 

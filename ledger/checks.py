@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from ledger.errors import InvalidAmount, InvalidInput
-from ledger.model import NewTransaction
+from ledger.errors import (
+    AlreadyCommitted,
+    AlreadyVoided,
+    CommitAmountExceeded,
+    InvalidAmount,
+    InvalidInput,
+)
+from ledger.model import NewTransaction, Transaction, TxnStatus
 from ledger.money import normalize_currency
 from ledger.protocol import LINK_KEY
 
@@ -46,3 +52,38 @@ def validate_new(new: NewTransaction) -> NewTransaction:
         metadata=dict(new.metadata),
         expires_at=new.expires_at,
     )
+
+
+def to_commit(txn: Transaction, amount: int | None) -> int | None:
+    """What a commit of ``amount`` (None: the rest) takes from ``txn``; None when a full
+    commit already happened (a retry: nothing to do).  The typed refusals every ledger
+    gives the same way."""
+    ref = txn.reference
+    if txn.status is TxnStatus.VOID:
+        raise AlreadyVoided(f"{ref} was voided; it cannot be committed")
+    if txn.remaining == 0:
+        if txn.voided_amount:
+            raise AlreadyVoided(
+                f"{ref}: the uncommitted remainder ({txn.voided_amount}) was voided"
+            )
+        if amount is None:
+            return None
+        raise AlreadyCommitted(f"{ref} is already fully committed")
+    take = txn.remaining if amount is None else amount
+    if take > txn.remaining:
+        raise CommitAmountExceeded(
+            f"{ref}: cannot commit {take}, only {txn.remaining} of {txn.amount} left"
+        )
+    return take
+
+
+def to_void(txn: Transaction) -> int | None:
+    """What a void releases from ``txn``; None when nothing is left to release because it
+    was voided already (voiding twice releases nothing twice)."""
+    if txn.status is TxnStatus.VOID:
+        return None
+    if txn.remaining == 0:
+        if txn.voided_amount:
+            return None
+        raise AlreadyCommitted(f"{txn.reference} is fully committed; nothing left to void")
+    return txn.remaining

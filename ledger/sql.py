@@ -47,11 +47,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 
-from ledger.checks import is_amount, validate_new
+from ledger.checks import is_amount, to_commit, to_void, validate_new
 from ledger.errors import (
-    AlreadyCommitted,
-    AlreadyVoided,
-    CommitAmountExceeded,
     CurrencyMismatch,
     InvalidAmount,
     LedgerError,
@@ -444,21 +441,9 @@ class SqlLedger:
         txn = self._locked(reference)
         if self._posted(txn.id, idempotency_key):
             return txn
-        if txn.status is TxnStatus.VOID:
-            raise AlreadyVoided(f"{reference} was voided; it cannot be committed")
-        if txn.remaining == 0:
-            if txn.voided_amount:
-                raise AlreadyVoided(
-                    f"{reference}: the uncommitted remainder ({txn.voided_amount}) was voided"
-                )
-            if amount is None:
-                return txn  # a full commit retried after it happened: nothing to do
-            raise AlreadyCommitted(f"{reference} is already fully committed")
-        take = txn.remaining if amount is None else amount
-        if take > txn.remaining:
-            raise CommitAmountExceeded(
-                f"{reference}: cannot commit {take}, only {txn.remaining} of {txn.amount} left"
-            )
+        take = to_commit(txn, amount)
+        if take is None:
+            return txn  # a full commit retried after it happened: nothing to do
         now = self._clock()
         committed = txn.committed_amount + take
         status = TxnStatus.APPLIED if committed + txn.voided_amount == txn.amount else txn.status
@@ -479,12 +464,8 @@ class SqlLedger:
         txn = self._locked(reference)
         if self._posted(txn.id, idempotency_key):
             return txn
-        if txn.status is TxnStatus.VOID:
-            return txn  # voiding twice releases nothing twice
-        if txn.remaining == 0:
-            if txn.voided_amount:
-                return txn
-            raise AlreadyCommitted(f"{reference} is fully committed; nothing left to void")
+        if to_void(txn) is None:
+            return txn
         now = self._clock()
         rest = txn.remaining
         status = TxnStatus.APPLIED if txn.committed_amount else TxnStatus.VOID
