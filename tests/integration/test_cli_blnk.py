@@ -85,6 +85,20 @@ def test_the_ledger_commands_create_show_commit_list_balances_and_check_on_blnk(
     assert "@stripe" in table.output and "USD" in table.output
     check = recon("ledger", "check")
     assert check.exit_code == 0 and "invariants hold" in check.output
+    puts = len(blnk.requests("PUT"))
+    rehearsed_void = json.loads(recon("ledger", "void", "pi_1", "--dry-run", "--json").stdout)
+    assert (rehearsed_void["voided_amount"], rehearsed_void["dry_run"]) == (3000, True)
+    assert len(blnk.requests("PUT")) == puts
+    voided = json.loads(recon("ledger", "void", "pi_1", "--json").stdout)
+    assert (voided["status"], voided["committed_amount"], voided["voided_amount"]) == (
+        "APPLIED",
+        2000,
+        3000,
+    )
+    assert blnk.requests("PUT")[-1].body == {"status": "void", "skip_queue": True}
+    again = recon("ledger", "commit", "pi_1")
+    assert again.exit_code == 1 and "AlreadyVoided" not in again.output
+    assert "voided" in again.output
     assert all(r.header("X-Blnk-Key") == blnk.api_key for r in blnk.requests())
 
 
