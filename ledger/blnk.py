@@ -193,7 +193,7 @@ class BlnkClient:
         session_factory: Callable[[], requests.Session] = requests.Session,
     ) -> None:
         if not base_url or not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"Blnk URL must start with http:// or https://, got {base_url!r}")
+            raise ValueError("the Blnk URL must start with http:// or https://")
         if not api_key:
             raise ValueError("a Blnk API key is required")
         self.base_url = base_url.rstrip("/")
@@ -210,7 +210,8 @@ class BlnkClient:
         self._names_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"BlnkClient({self.base_url!r})"
+        # No key, and no credentials a URL might carry.
+        return f"BlnkClient({self.base_url.split('@')[-1]!r})"
 
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)

@@ -48,7 +48,8 @@ def ledger_factory(settings: Settings) -> Callable[[Connection], Ledger]:
             "RECON_LEDGER=blnk needs BLNK_URL (Blnk Core's address, e.g. http://blnk:5001)"
         )
     if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"BLNK_URL must start with http:// or https://, got {url!r}")
+        # Not echoed: a URL may carry credentials.
+        raise ConfigError("BLNK_URL must start with http:// or https:// (e.g. http://blnk:5001)")
     if not key:
         raise ConfigError(
             "RECON_LEDGER=blnk needs BLNK_API_KEY (scopes: transactions:read, "
