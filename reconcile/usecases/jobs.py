@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ledger.errors import TransientError
 from ledger.model import Transaction
 from reconcile import inbox, runs
 from reconcile.engine import Item, Pass, linked_payment_id
@@ -93,16 +94,22 @@ def run_sweep(
     try:
         while limit is None or done < limit:
             size = svc.sweep_batch if limit is None else min(svc.sweep_batch, limit - done)
-            with svc.engine.begin() as conn:
-                ledger = svc.ledger_for(conn)
-                if dry_run:
-                    batch = list(ledger.list_inflight(cutoff, size, after))
-                else:
-                    # Claimed rows are skipped by other sweepers until the lease ends, so
-                    # two workers never take the same entry; a crash just lets it lapse.
-                    batch = list(
-                        ledger.claim_inflight(cutoff, size, svc.claim_lease, svc.clock(), after)
-                    )
+            try:
+                with svc.engine.begin() as conn:
+                    ledger = svc.ledger_for(conn)
+                    if dry_run:
+                        batch = list(ledger.list_inflight(cutoff, size, after))
+                    else:
+                        # Claimed rows are skipped by other sweepers until the lease ends,
+                        # so two workers never take the same entry; a crash lets it lapse.
+                        batch = list(
+                            ledger.claim_inflight(cutoff, size, svc.claim_lease, svc.clock(), after)
+                        )
+            except TransientError as exc:
+                # The books could not be read (Blnk down): nothing was decided, the next
+                # sweep finds the same entries.
+                cut_short(state, p, "sweep", exc)
+                break
             if not batch:
                 break
             after = (batch[-1].created_at, batch[-1].id)
@@ -111,7 +118,7 @@ def run_sweep(
                 p.handle(
                     [Item(linked_payment_id(t), fetched[linked_payment_id(t)], t) for t in batch]
                 )
-            except (StripeUnavailable, GuardTripped) as exc:
+            except (StripeUnavailable, GuardTripped, TransientError) as exc:
                 _release(svc, batch, dry_run)
                 cut_short(state, p, "sweep", exc)
                 break
@@ -285,7 +292,7 @@ def run_scan(
                 if progress is not None:
                     progress(seen)
             flush()
-        except (StripeUnavailable, GuardTripped) as exc:
+        except (StripeUnavailable, GuardTripped, TransientError) as exc:
             page.clear()
             cut_short(state, p, "scan_missing", exc)
             state.resume = {
