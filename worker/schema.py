@@ -6,7 +6,8 @@ from sqlalchemy import MetaData
 
 from ledger.sql import metadata as ledger_metadata
 from reconcile.tables import metadata as reconcile_metadata
+from worker.operators import metadata as operators_metadata
 
 
 def all_metadata() -> list[MetaData]:
-    return [ledger_metadata, reconcile_metadata]
+    return [ledger_metadata, reconcile_metadata, operators_metadata]

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -43,7 +44,8 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     for col in columns:
         t.add_column(col, overflow="fold")
     for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
+        # Text, not str: a value holding "[bold]" is data and is printed as typed.
+        t.add_row(*(Text("" if v is None else str(v)) for v in row))
     console.print(t)
 
 
@@ -52,5 +54,5 @@ def kv(title: str, pairs: Sequence[tuple[str, Any]]) -> None:
     t.add_column(style="bold")
     t.add_column(overflow="fold")
     for k, v in pairs:
-        t.add_row(k, "" if v is None else str(v))
+        t.add_row(Text(k), Text("" if v is None else str(v)))
     console.print(t)
