@@ -152,9 +152,12 @@ class Cookies:
             samesite="strict",
         )
 
+    def session_value(self, token: str) -> str:
+        return self._session.sign(token).decode()
+
     def set_session(self, request: Request, response: Response, token: str) -> None:
         name = self._names(request)[0]
-        value = self._session.sign(token).decode()
+        value = self.session_value(token)
         self._set(request, response, name, value, int(self.lifetime.total_seconds()))
 
     def clear_session(self, request: Request, response: Response) -> None:
