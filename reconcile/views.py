@@ -292,10 +292,10 @@ def classify(query: str) -> str:
         return "payment"
     if q.startswith("cus_"):
         return "customer"
+    if q.startswith("@") or ":" in q:
+        return "balance"  # an indicator balance such as @stripe, or wallet:cus_1
     if "@" in q and " " not in q:
         return "email"
-    if ":" in q or q.startswith("@"):
-        return "balance"
     return "text"
 
 

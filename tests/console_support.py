@@ -82,7 +82,9 @@ def seed_ticket(engine: Engine, **values: Any) -> int:
         **values,
     }
     with engine.begin() as conn:
-        return int(conn.execute(tickets.insert().values(**row).returning(tickets.c.id)).scalar_one())
+        return int(
+            conn.execute(tickets.insert().values(**row).returning(tickets.c.id)).scalar_one()
+        )
 
 
 def stuck_ticket_that_stripe_now_says_succeeded(

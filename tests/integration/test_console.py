@@ -69,7 +69,9 @@ class Harness:
 
     def new_app(self, **kw: Any) -> Any:
         """A second app on the same database, as another process would be."""
-        return create_app(console_settings(self.url, **{**self.settings_kw, **kw}), clock=self.clock)
+        return create_app(
+            console_settings(self.url, **{**self.settings_kw, **kw}), clock=self.clock
+        )
 
     def client_for(self, app: Any, **kw: Any) -> TestClient:
         kw.setdefault("base_url", "http://localhost")
@@ -126,7 +128,14 @@ def fixing_lite(tmp_path: Any, stripe: Any) -> Iterator[Harness]:
 
 # -- signed out ---------------------------------------------------------------------------
 
-SIGNED_OUT_GETS = ["/", "/tickets", "/tickets/1", "/search?q=pi_seeded", "/no/such/page", "/tickets?kind=x"]
+SIGNED_OUT_GETS = [
+    "/",
+    "/tickets",
+    "/tickets/1",
+    "/search?q=pi_seeded",
+    "/no/such/page",
+    "/tickets?kind=x",
+]
 SIGNED_OUT_POSTS = ["/logout", "/tickets/1/plan", "/tickets/1/resolve", "/tickets", "/no/such"]
 
 
@@ -230,9 +239,7 @@ def test_sign_in_without_the_form_nonce_is_refused(h):
     add_operator(h.engine, "alice", password=PASSWORD)
     r = h.client.post("/login", data={"login": "alice", "password": PASSWORD})
     assert r.status_code == 400
-    r = h.client.post(
-        "/login", data={"login": "alice", "password": PASSWORD, "nonce": "0" * 32}
-    )
+    r = h.client.post("/login", data={"login": "alice", "password": PASSWORD, "nonce": "0" * 32})
     assert r.status_code == 400
     assert h.client.get("/tickets").status_code == 303
 
@@ -412,7 +419,10 @@ def test_the_proxy_naming_an_unknown_or_disabled_operator_is_refused(h):
     via_proxy = h.client_for(app, client=("10.0.0.5", 5000))
     r = via_proxy.get("/tickets", headers={"X-Forwarded-Email": "mallory@example.com"})
     assert r.status_code == 403 and "not an operator" in r.text
-    assert via_proxy.get("/tickets", headers={"X-Forwarded-Email": "alice@example.com"}).status_code == 200
+    assert (
+        via_proxy.get("/tickets", headers={"X-Forwarded-Email": "alice@example.com"}).status_code
+        == 200
+    )
     with h.engine.begin() as conn:
         ops.disable_operator(conn, "alice", now=h.clock())
     r = via_proxy.get("/tickets", headers={"X-Forwarded-Email": "alice@example.com"})
@@ -424,8 +434,13 @@ def test_a_session_follows_the_operator_the_proxy_names(h):
     add_operator(h.engine, "bob", "viewer", email="bob@example.com")
     app = h.new_app(**PROXY)
     via_proxy = h.client_for(app, client=("10.0.0.5", 5000))
-    assert ">alice<" in via_proxy.get("/tickets", headers={"X-Forwarded-Email": "alice@example.com"}).text
-    assert ">bob<" in via_proxy.get("/tickets", headers={"X-Forwarded-Email": "bob@example.com"}).text
+    assert (
+        ">alice<"
+        in via_proxy.get("/tickets", headers={"X-Forwarded-Email": "alice@example.com"}).text
+    )
+    assert (
+        ">bob<" in via_proxy.get("/tickets", headers={"X-Forwarded-Email": "bob@example.com"}).text
+    )
 
 
 def test_behind_a_trusted_proxy_the_rate_limit_counts_the_forwarded_client(h):
@@ -467,10 +482,22 @@ def test_a_console_that_cannot_be_safe_refuses_to_start(h, settings, message):
 
 def test_the_queue_is_most_severe_first_then_oldest_and_says_how_long_each_waited(h):
     now = h.clock()
-    low_old = seed_ticket(h.engine, severity=1, payment_id="pi_a", opened_at=now - timedelta(days=3))
-    crit_new = seed_ticket(h.engine, severity=4, kind="paid_but_voided", payment_id="pi_b", opened_at=now - timedelta(minutes=5))
-    high_old = seed_ticket(h.engine, severity=3, payment_id="pi_c", opened_at=now - timedelta(hours=30))
-    high_new = seed_ticket(h.engine, severity=3, payment_id="pi_d", opened_at=now - timedelta(hours=2))
+    low_old = seed_ticket(
+        h.engine, severity=1, payment_id="pi_a", opened_at=now - timedelta(days=3)
+    )
+    crit_new = seed_ticket(
+        h.engine,
+        severity=4,
+        kind="paid_but_voided",
+        payment_id="pi_b",
+        opened_at=now - timedelta(minutes=5),
+    )
+    high_old = seed_ticket(
+        h.engine, severity=3, payment_id="pi_c", opened_at=now - timedelta(hours=30)
+    )
+    high_new = seed_ticket(
+        h.engine, severity=3, payment_id="pi_d", opened_at=now - timedelta(hours=2)
+    )
     seed_ticket(h.engine, status="resolved", payment_id="pi_e")
     h.sign_in_as(add_operator(h.engine, "alice"))
     page = h.client.get("/tickets")
@@ -483,9 +510,27 @@ def test_the_queue_is_most_severe_first_then_oldest_and_says_how_long_each_waite
 
 def test_the_queue_filters_by_kind_severity_and_age_and_refuses_bad_filters(h):
     now = h.clock()
-    a = seed_ticket(h.engine, kind="missing_record", severity=3, payment_id="pi_a", opened_at=now - timedelta(hours=5))
-    b = seed_ticket(h.engine, kind="stuck_payment", severity=1, payment_id="pi_b", opened_at=now - timedelta(hours=5))
-    c = seed_ticket(h.engine, kind="missing_record", severity=3, payment_id="pi_c", opened_at=now - timedelta(minutes=5))
+    a = seed_ticket(
+        h.engine,
+        kind="missing_record",
+        severity=3,
+        payment_id="pi_a",
+        opened_at=now - timedelta(hours=5),
+    )
+    b = seed_ticket(
+        h.engine,
+        kind="stuck_payment",
+        severity=1,
+        payment_id="pi_b",
+        opened_at=now - timedelta(hours=5),
+    )
+    c = seed_ticket(
+        h.engine,
+        kind="missing_record",
+        severity=3,
+        payment_id="pi_c",
+        opened_at=now - timedelta(minutes=5),
+    )
     h.sign_in_as(add_operator(h.engine, "alice"))
 
     def ids(query: str) -> list[int]:
@@ -504,21 +549,33 @@ def test_the_queue_filters_by_kind_severity_and_age_and_refuses_bad_filters(h):
 
 def test_the_queue_chart_counts_tickets_per_kind_per_day_over_two_weeks(h):
     now = h.clock()
-    for days, kind in ((0, "stuck_payment"), (0, "stuck_payment"), (3, "missing_record"), (13, "incident"), (14, "incident")):
-        seed_ticket(h.engine, kind=kind, payment_id=f"pi_{days}_{kind}_{now.microsecond}{days}", opened_at=now - timedelta(days=days), status="resolved")
+    for days, kind in (
+        (0, "stuck_payment"),
+        (0, "stuck_payment"),
+        (3, "missing_record"),
+        (13, "incident"),
+        (14, "incident"),
+    ):
+        seed_ticket(
+            h.engine,
+            kind=kind,
+            payment_id=f"pi_{days}_{kind}_{now.microsecond}{days}",
+            opened_at=now - timedelta(days=days),
+            status="resolved",
+        )
     # Two stuck_payment tickets on one day need two payments.
     h.sign_in_as(add_operator(h.engine, "alice"))
     page = h.client.get("/tickets").text
     svg = page[page.index("<svg xmlns") : page.index("</svg>")]
     titles = re.findall(r"<title>([^<]*)</title>", svg)
-    today, three, thirteen = (
-        (now - timedelta(days=d)).date().isoformat() for d in (0, 3, 13)
+    today, three, thirteen = ((now - timedelta(days=d)).date().isoformat() for d in (0, 3, 13))
+    assert sorted(titles) == sorted(
+        [
+            f"{today}: 2 stuck_payment",
+            f"{three}: 1 missing_record",
+            f"{thirteen}: 1 incident",
+        ]
     )
-    assert sorted(titles) == sorted([
-        f"{today}: 2 stuck_payment",
-        f"{three}: 1 missing_record",
-        f"{thirteen}: 1 incident",
-    ])
     assert "4 ticket(s) opened" in page  # the 15-day-old one is out of the window
     assert 'role="img"' in svg
 
@@ -540,24 +597,61 @@ def test_the_ticket_page_has_everything_tickets_show_has(h):
         occurrences=3,
     )
     with h.engine.begin() as conn:
-        conn.execute(audit.insert().values(payment_id="pi_full", action="ticket", reason="processing_past_sla", actor="system", evidence={}, created_at=h.clock(), amount=5000, currency="JPY"))
+        conn.execute(
+            audit.insert().values(
+                payment_id="pi_full",
+                action="ticket",
+                reason="processing_past_sla",
+                actor="system",
+                evidence={},
+                created_at=h.clock(),
+                amount=5000,
+                currency="JPY",
+            )
+        )
     h.sign_in_as(add_operator(h.engine, "alice"))
     page = h.client.get(f"/tickets/{tid}").text
     for text in (
-        "pi_full", "cus_9", "praise@example.com", "wallet:praise", "5,000 JPY", "processing",
-        "INFLIGHT", "Suggested fix", "Check the dashboard.", "being confirmed by your bank",
-        'href="https://dashboard.stripe.com/test/payments/pi_full"', "3 times",
-        "processing_past_sla", "Copy the message", "Commit the held amount",
-        "Void the hold", "Close without a ledger change",
+        "pi_full",
+        "cus_9",
+        "praise@example.com",
+        "wallet:praise",
+        "5,000 JPY",
+        "processing",
+        "INFLIGHT",
+        "Suggested fix",
+        "Check the dashboard.",
+        "being confirmed by your bank",
+        'href="https://dashboard.stripe.com/test/payments/pi_full"',
+        "3 times",
+        "processing_past_sla",
+        "Copy the message",
+        "Commit the held amount",
+        "Void the hold",
+        "Close without a ledger change",
     ):
         assert text in page, text
     assert "Create the missing record" not in page  # not a fix for a stuck payment
     assert h.client.get("/tickets/99999").status_code == 404
 
 
-def test_search_goes_to_a_ticket_by_number_and_lists_tickets_by_payment_email_customer_or_balance(h):
-    a = seed_ticket(h.engine, payment_id="pi_x1", customer="cus_p", customer_email="Praise@Example.com", balance="wallet:praise")
-    b = seed_ticket(h.engine, kind="missing_record", payment_id="pi_x2", customer="cus_p", balance="wallet:praise")
+def test_search_goes_to_a_ticket_by_number_and_lists_tickets_by_payment_email_customer_or_balance(
+    h,
+):
+    a = seed_ticket(
+        h.engine,
+        payment_id="pi_x1",
+        customer="cus_p",
+        customer_email="Praise@Example.com",
+        balance="wallet:praise",
+    )
+    b = seed_ticket(
+        h.engine,
+        kind="missing_record",
+        payment_id="pi_x2",
+        customer="cus_p",
+        balance="wallet:praise",
+    )
     seed_ticket(h.engine, payment_id="pi_other", customer="cus_q", balance="wallet:q")
     h.sign_in_as(add_operator(h.engine, "alice"))
 
@@ -598,11 +692,25 @@ def test_html_in_summaries_notes_metadata_messages_and_operator_names_is_escaped
         dashboard_url="javascript:alert(1)",
     )
     resolved = seed_ticket(
-        h.engine, payment_id="pi_xss2", status="resolved", resolved_by=XSS, resolution=f"note {XSS}",
-        resolved_at=h.clock(), customer=f"cus {XSS}",
+        h.engine,
+        payment_id="pi_xss2",
+        status="resolved",
+        resolved_by=XSS,
+        resolution=f"note {XSS}",
+        resolved_at=h.clock(),
+        customer=f"cus {XSS}",
     )
     with h.engine.begin() as conn:
-        conn.execute(audit.insert().values(payment_id="pi_xss", action="commit", reason="manual:commit", actor=XSS, evidence={"note": f"note {XSS}"}, created_at=h.clock()))
+        conn.execute(
+            audit.insert().values(
+                payment_id="pi_xss",
+                action="commit",
+                reason="manual:commit",
+                actor=XSS,
+                evidence={"note": f"note {XSS}"},
+                created_at=h.clock(),
+            )
+        )
     op = add_operator(h.engine, '<img src=x onerror=alert(1)> "O\'Brien"')
     h.sign_in_as(op)
     pages = {
@@ -630,7 +738,14 @@ def test_secrets_card_numbers_and_control_characters_never_reach_a_page(h):
     )
     h.sign_in_as(add_operator(h.engine, "alice"))
     page = h.client.get(f"/tickets/{tid}").text
-    for leaked in ("sk_live_51Habc123DEF", "whsec_abcdef123", "4242 4242 4242 4242", "4000-0566-5566-5556", "\x1b", "\u202e"):
+    for leaked in (
+        "sk_live_51Habc123DEF",
+        "whsec_abcdef123",
+        "4242 4242 4242 4242",
+        "4000-0566-5566-5556",
+        "\x1b",
+        "\u202e",
+    ):
         assert leaked not in page, leaked
     assert page.count("[card number hidden]") == 2
     assert "1234567890123" in page  # fails the Luhn check: not a card number
@@ -702,9 +817,15 @@ def test_commit_shows_its_dry_run_plan_then_commits_after_a_note_and_names_the_o
     done = _do(h, tid, "commit", "Stripe shows it paid; customer <Praise> waiting")
     assert done.status_code == 303 and done.headers["location"] == f"/tickets/{tid}?resolved=1"
     with h.engine.connect() as conn:
-        txn = conn.execute(select(transactions).where(transactions.c.reference == "pi_stuck_topup")).mappings().one()
+        txn = (
+            conn.execute(select(transactions).where(transactions.c.reference == "pi_stuck_topup"))
+            .mappings()
+            .one()
+        )
         ticket = conn.execute(select(tickets).where(tickets.c.id == tid)).mappings().one()
-        manual = conn.execute(select(audit).where(audit.c.reason == "manual:commit")).mappings().all()
+        manual = (
+            conn.execute(select(audit).where(audit.c.reason == "manual:commit")).mappings().all()
+        )
     assert (txn["status"], txn["committed_amount"]) == ("APPLIED", 200000)
     assert (ticket["status"], ticket["resolved_by"]) == ("resolved", "alice")
     assert [(a["actor"], a["amount"], a["ticket_id"]) for a in manual] == [("alice", 200000, tid)]

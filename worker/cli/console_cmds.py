@@ -8,7 +8,7 @@ import typer
 
 from worker.cli.context import app_state
 from worker.cli.output import console as out
-from worker.cli.output import fail
+from worker.cli.output import err_console, fail
 
 
 def console(
@@ -17,13 +17,29 @@ def console(
 ) -> None:
     """Run the CX console (ticket queue, tickets and their fixes, search) for operators.
 
-    Needs RECON_CONSOLE_SECRET (32+ characters) and operators (`recon operators add`).
+    Needs RECON_CONSOLE_SECRET (32+ random characters) and operators (`recon operators add`).
+    Put it behind TLS outside localhost: its cookies are Secure there.
     """
-    from worker.console import ConsoleConfigError, create_app, serve
+    from worker.console import ConsoleConfigError, check_database, create_app, serve
 
+    settings = app_state.settings
     try:
-        app = create_app(app_state.settings)
+        app = create_app(settings)
+        active = check_database(app)
     except ConsoleConfigError as exc:
         fail(str(exc))
-    out.print(f"CX console on http://{host}:{port}/ (Ctrl-C stops it)", markup=False)
+    if not active:
+        err_console.print(
+            "warning: no active operators, so nobody can sign in; add one with "
+            "`recon operators add NAME EMAIL --role operator --password-stdin`",
+            markup=False,
+            highlight=False,
+        )
+    header = settings.console_auth_header
+    how = f"a password, or the {header} header from the trusted proxy" if header else "a password"
+    out.print(
+        f"CX console on http://{host}:{port}/ (sign in with {how}; Ctrl-C stops it)",
+        markup=False,
+        highlight=False,
+    )
     serve(app, host=host, port=port)
