@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, RowMapping, desc, func, or_, select
@@ -42,6 +42,7 @@ SEVERITIES: tuple[str, ...] = tuple(s.label for s in sorted(Severity, reverse=Tr
 _AMOUNT_KEYS = frozenset(
     {"amount", "amount_received", "amount_refunded", "committed_amount", "voided_amount"}
 )
+_TIME_KEYS = frozenset({"created", "created_at"})
 SEARCH_MAX = 200  # characters; longer is not an id, an email or a name
 
 
@@ -210,9 +211,21 @@ def state_pairs(state: Mapping[str, Any] | None) -> list[tuple[str, str]] | None
             continue
         if key in _AMOUNT_KEYS and isinstance(value, int) and isinstance(currency, str):
             out.append((key, money_text(value, currency) or str(value)))
+        elif key in _TIME_KEYS and isinstance(value, str):
+            out.append((key, _iso_text(value)))
         else:
             out.append((key, str(value)))
     return out
+
+
+def _iso_text(value: str) -> str:
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if when.tzinfo is None:
+        return value
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _note(evidence: Any) -> str | None:

@@ -244,6 +244,17 @@ def test_sign_in_without_the_form_nonce_is_refused(h):
     assert h.client.get("/tickets").status_code == 303
 
 
+def test_two_sign_in_tabs_do_not_invalidate_each_other(h):
+    add_operator(h.engine, "alice", password=PASSWORD)
+    first = h.nonce()
+    second = h.nonce()  # another tab, or a favicon request bounced to the sign-in page
+    assert h.client.get("/favicon.ico").status_code == 204
+    r = h.client.post(
+        "/login", data={"login": "alice", "password": PASSWORD, "nonce": first, "next": "/"}
+    )
+    assert first == second and r.status_code == 303
+
+
 def test_failed_sign_ins_lock_the_name_across_processes_until_the_window_passes(h):
     add_operator(h.engine, "alice", password=PASSWORD)
     for _ in range(5):

@@ -171,9 +171,21 @@ def test_money_is_shown_in_major_units_and_absent_money_as_unknown():
 
 def test_a_recorded_state_shows_amounts_in_major_units_and_not_found_as_none():
     pairs = views.state_pairs(
-        {"found": True, "status": "succeeded", "amount": 200000, "currency": "USD", "x": None}
+        {
+            "found": True,
+            "status": "succeeded",
+            "amount": 200000,
+            "currency": "USD",
+            "x": None,
+            "created": "2026-01-02T03:04:05+00:00",
+        }
     )
-    assert pairs == [("status", "succeeded"), ("amount", "2,000.00 USD"), ("currency", "USD")]
+    assert pairs == [
+        ("status", "succeeded"),
+        ("amount", "2,000.00 USD"),
+        ("currency", "USD"),
+        ("created", "2026-01-02 03:04:05 UTC"),
+    ]
     assert views.state_pairs({"found": False}) is None
     assert views.state_pairs(None) is None
 

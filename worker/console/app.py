@@ -341,7 +341,7 @@ class Console:
         login: str = "",
         status: int = 200,
     ) -> Response:
-        nonce = self.cookies.new_login_nonce()
+        nonce = self.cookies.login_nonce(request)
         response = self.render(
             request,
             "login.html",
@@ -764,6 +764,8 @@ def create_app(
         Route("/tickets/{ticket_id:int}/plan", c.plan, methods=["POST"]),
         Route("/tickets/{ticket_id:int}/resolve", c.resolve, methods=["POST"]),
         Route("/search", c.search, methods=["GET"]),
+        # Browsers ask for it on every page; a sign-in redirect for it would be noise.
+        Route("/favicon.ico", lambda _: Response(status_code=204), methods=["GET"]),
         # Only the stylesheet and the copy-button script: no data, so no sign-in needed.
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]

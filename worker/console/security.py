@@ -163,9 +163,21 @@ class Cookies:
     def clear_session(self, request: Request, response: Response) -> None:
         self._set(request, response, self._names(request)[0], "", 0)
 
-    @staticmethod
-    def new_login_nonce() -> str:
-        return secrets.token_hex(16)
+    def login_nonce(self, request: Request) -> str:
+        """The sign-in form's token: the one already in this browser's cookie while it is
+        valid (two tabs, or a favicon request bounced to the sign-in page, must not
+        invalidate each other's form), else a new one."""
+        return self._current_nonce(request) or secrets.token_hex(16)
+
+    def _current_nonce(self, request: Request) -> str | None:
+        raw = request.cookies.get(self._names(request)[1], "")
+        if not raw or len(raw) > 200:
+            return None
+        try:
+            age = int(LOGIN_FORM_TTL.total_seconds())
+            return self._login.unsign(raw, max_age=age).decode()
+        except (BadSignature, UnicodeDecodeError):
+            return None
 
     def set_login_nonce(self, request: Request, response: Response, nonce: str) -> None:
         """The sign-in form's token, also in a cookie: a form posted from another site
@@ -175,12 +187,8 @@ class Cookies:
         self._set(request, response, self._names(request)[1], value, age)
 
     def login_nonce_ok(self, request: Request, submitted: str) -> bool:
-        raw = request.cookies.get(self._names(request)[1], "")
-        try:
-            nonce = self._login.unsign(raw, max_age=int(LOGIN_FORM_TTL.total_seconds())).decode()
-        except (BadSignature, UnicodeDecodeError):
-            return False
-        return bool(submitted) and hmac.compare_digest(nonce, submitted)
+        nonce = self._current_nonce(request)
+        return nonce is not None and bool(submitted) and hmac.compare_digest(nonce, submitted)
 
 
 def same_token(expected: str, submitted: object) -> bool:
