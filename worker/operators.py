@@ -452,6 +452,17 @@ def create_session(
     return token
 
 
+def prune_sessions(
+    conn: Connection, *, now: datetime, idle: timedelta, lifetime: timedelta
+) -> int:
+    """Delete sessions that can no longer be used (they would be refused anyway)."""
+    return conn.execute(
+        delete(sessions).where(
+            (sessions.c.last_seen_at <= now - idle) | (sessions.c.created_at <= now - lifetime)
+        )
+    ).rowcount
+
+
 def load_session(
     conn: Connection,
     token: str,

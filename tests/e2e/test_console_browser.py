@@ -60,7 +60,9 @@ def browser() -> Iterator[Any]:
         _unavailable("Playwright (pip install -e '.[dev]')", exc)
     path = shutil.which("chromium")
     if path is None:
-        _unavailable("Chromium (apt-get install chromium)", FileNotFoundError("chromium is not on PATH"))
+        _unavailable(
+            "Chromium (apt-get install chromium)", FileNotFoundError("chromium is not on PATH")
+        )
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         yield b

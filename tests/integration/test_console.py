@@ -293,6 +293,25 @@ def test_a_success_forgives_the_name_but_not_the_address(h):
     assert by_login == 0 and by_address == 0  # same address: its failures were alice's
 
 
+def test_an_oversized_sign_in_form_is_refused_unread(h):
+    r = h.client.post(
+        "/login",
+        content=b"login=" + b"a" * 70_000,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 413
+
+
+def test_signing_in_clears_away_sessions_that_expired(h):
+    op = add_operator(h.engine, "alice", password=PASSWORD)
+    for _ in range(3):
+        session_cookie(h.app, h.engine, op, now=h.clock())
+    h.clock.advance(hours=1)
+    assert h.login("alice", PASSWORD).status_code == 303
+    with h.engine.connect() as conn:
+        assert conn.execute(select(ops.sessions.c.token_hash)).all().__len__() == 1
+
+
 def test_signing_out_ends_the_session_on_the_server(h):
     add_operator(h.engine, "alice", password=PASSWORD)
     h.login("alice", PASSWORD)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import sys
 from datetime import UTC, datetime
 from typing import Annotated
@@ -22,7 +23,8 @@ PasswordStdinOpt = Annotated[
     bool,
     typer.Option(
         "--password-stdin",
-        help="Read a password (first line of standard input) for signing in with a password. "
+        help="Read a password for signing in with one: the first line of standard input, "
+        "or asked twice without echo on a terminal. "
         f"At least {ops.PASSWORD_MIN} characters. Without it the operator can only sign in "
         "through the authenticating proxy (RECON_CONSOLE_AUTH_HEADER).",
     ),
@@ -30,6 +32,14 @@ PasswordStdinOpt = Annotated[
 
 
 def _read_password() -> str:
+    if sys.stdin.isatty():
+        # Typed by a person: no echo, and typed twice so a typo does not lock them out.
+        first = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != first:
+            fail("the two passwords differ; nothing was changed")
+        if not first:
+            fail("no password given")
+        return first
     line = sys.stdin.readline()
     password = line[:-1] if line.endswith("\n") else line
     password = password.removesuffix("\r")

@@ -67,6 +67,7 @@ log = get_logger(__name__)
 HERE = Path(__file__).parent
 SECRET_MIN = 32
 NOTE_MAX = 2000
+FORM_MAX_BYTES = 64 * 1024
 SEARCH_MAX = views.SEARCH_MAX
 QUEUE_LIMIT = 200
 AGES: Mapping[str, timedelta] = {
@@ -272,7 +273,7 @@ class Console:
             if cross_site(request):
                 raise _Deny(self.error(request, 403, "Cross-site form refused.", who=who))
             if check_csrf:
-                form = await request.form(max_files=0, max_fields=20)
+                form = await _form(request, max_fields=20)
                 if not same_token(session.csrf, form.get("csrf")):
                     raise _Deny(
                         self.error(
@@ -354,7 +355,7 @@ class Console:
     async def login(self, request: Request) -> Response:
         if cross_site(request):
             return self.error(request, 403, "Cross-site sign-in refused.")
-        form = await request.form(max_files=0, max_fields=10)
+        form = await _form(request, max_fields=10)
         target = safe_next(str(form.get("next") or ""))
         login = str(form.get("login") or "").strip()[: ops.EMAIL_MAX]
         password = str(form.get("password") or "")
@@ -430,6 +431,9 @@ class Console:
             ops.forgive(conn, login, address, now=now)
             if old_token:
                 ops.end_session(conn, old_token)
+            ops.prune_sessions(
+                conn, now=now, idle=s.console_session_idle, lifetime=s.console_session_max
+            )
             token = ops.create_session(conn, op, via="password", address=address, now=now)
         log.info("console sign-in", operator=op.name, via="password", address=address)
         return "ok", token, None
@@ -720,6 +724,15 @@ class Console:
             },
             status=503,
         )
+
+
+async def _form(request: Request, *, max_fields: int) -> FormData:
+    """The posted form, refused unread when it is larger than any form of ours can be: a
+    sign-in form is open to anyone, and an unbounded body would be read into memory."""
+    length = request.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > FORM_MAX_BYTES:
+        raise _Deny(Response("form too large or without a length", status_code=413))
+    return await request.form(max_files=0, max_fields=max_fields)
 
 
 async def _deny(_: Request, exc: Exception) -> Response:
