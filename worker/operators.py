@@ -452,9 +452,7 @@ def create_session(
     return token
 
 
-def prune_sessions(
-    conn: Connection, *, now: datetime, idle: timedelta, lifetime: timedelta
-) -> int:
+def prune_sessions(conn: Connection, *, now: datetime, idle: timedelta, lifetime: timedelta) -> int:
     """Delete sessions that can no longer be used (they would be refused anyway)."""
     return conn.execute(
         delete(sessions).where(
