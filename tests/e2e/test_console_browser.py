@@ -52,8 +52,10 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Module scope, not session: Playwright's sync API keeps an event loop running on this
+    # thread while it is open, and later tests that call asyncio.run() must not see it.
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
