@@ -209,6 +209,17 @@ def test_the_session_cookie_is_secure_and_host_prefixed_outside_localhost(h):
     assert client.get("/tickets").status_code == 200
 
 
+def test_the_sign_in_page_says_when_plain_http_away_from_localhost_cannot_work(h):
+    assert "needs-https" not in h.client.get("/login").text
+    assert (
+        "needs-https" in h.client_for(h.app, base_url="http://console.internal").get("/login").text
+    )
+    assert (
+        "needs-https"
+        not in h.client_for(h.app, base_url="https://console.internal").get("/login").text
+    )
+
+
 def test_a_next_pointing_at_another_site_is_ignored(h):
     add_operator(h.engine, "alice", password=PASSWORD)
     for target in ("//evil.example/x", "https://evil.example/", "/\\evil.example"):

@@ -54,6 +54,7 @@ from worker.console.security import (
     Trust,
     check_header_name,
     cross_site,
+    is_local,
     parse_networks,
     safe_next,
     same_token,
@@ -346,7 +347,17 @@ class Console:
         response = self.render(
             request,
             "login.html",
-            {"next": target, "message": message, "login": login, "nonce": nonce},
+            {
+                "next": target,
+                "message": message,
+                "login": login,
+                "nonce": nonce,
+                # Secure cookies are dropped on plain http away from localhost: say why
+                # signing in seems to do nothing, rather than let it.
+                "needs_https": request.url.scheme == "http"
+                and not is_local(request)
+                and not self.trust.trusted(request),
+            },
             status=status,
         )
         self.cookies.set_login_nonce(request, response, nonce)
