@@ -48,6 +48,7 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     for col in columns:
         t.add_column(col, overflow="fold")
     for row in rows:
+        # Text, not str: a value holding "[bold]" is data and is printed as typed.
         t.add_row(*(Text("" if v is None else str(v)) for v in row))
     console.print(t)
 
@@ -57,5 +58,5 @@ def kv(title: str, pairs: Sequence[tuple[str, Any]]) -> None:
     t.add_column(style="bold")
     t.add_column(overflow="fold")
     for k, v in pairs:
-        t.add_row(k, Text("" if v is None else str(v)))
+        t.add_row(Text(k), Text("" if v is None else str(v)))
     console.print(t)
