@@ -17,10 +17,16 @@ from sqlalchemy import Connection, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ledger.money import Money
+from reconcile.messages import (
+    KIND_GUIDE,
+    CustomerState,
+    customer_message,
+    open_state,
+    resolved_state,
+)
 from reconcile.model import (
     Entry,
     Payment,
-    PaymentStatus,
     Severity,
     TicketKind,
     TicketSpec,
@@ -37,68 +43,16 @@ DELIVERY_FAILED = "failed"
 EVENT_OPENED = "ticket.opened"
 EVENT_ESCALATED = "ticket.escalated"
 
-_FIXES: dict[TicketKind, str] = {
-    TicketKind.AMOUNT_MISMATCH: (
-        "Compare the amount Stripe received with the ledger entry. If the customer paid less "
-        "(partial capture), the received amount was credited and the rest released: tell the "
-        "customer. Otherwise correct the ledger entry by hand, then `recon tickets resolve ID "
-        "--action none --note ...`."
-    ),
-    TicketKind.STUCK_PAYMENT: (
-        "The payment has not settled within the SLA. Check the PaymentIntent in the Stripe "
-        "dashboard (bank transfer? 3-D Secure never completed?). Nothing to do in the ledger "
-        "until it settles; `recon payment PI_ID` re-checks it."
-    ),
-    TicketKind.UNKNOWN_PAYMENT: (
-        "Stripe has no such PaymentIntent. Check the reference belongs to this Stripe account "
-        "(live vs test). If the top-up never reached Stripe, void the hold: `recon tickets "
-        "resolve ID --action void --note ...`."
-    ),
-    TicketKind.MISSING_RECORD: (
-        "The customer paid on Stripe but the ledger has no record: credit them with `recon "
-        "tickets resolve ID --action create-record --note ...` (needs the destination balance "
-        "in the PaymentIntent metadata `ledger_destination`), or create the entry by hand."
-    ),
-    TicketKind.CREDITED_BUT_FAILED: (
-        "The wallet was credited but the payment failed or was canceled on Stripe: the money "
-        "never arrived. Reverse the credit by hand (a reversal transaction) and contact the "
-        "customer before they spend it."
-    ),
-    TicketKind.PAID_BUT_VOIDED: (
-        "The customer paid but the ledger hold was voided, so the wallet was never credited. "
-        "Credit the customer with a new transaction (or refund them on Stripe)."
-    ),
-    TicketKind.REFUND_AFTER_CREDIT: (
-        "The payment was refunded after the wallet was credited. Decide whether to post a "
-        "reversal for the refunded amount; the ledger was not changed automatically."
-    ),
-    TicketKind.DISPUTE_OPENED: (
-        "The customer disputed the payment after it was credited. Submit evidence in the "
-        "Stripe dashboard before the deadline and consider holding the balance."
-    ),
-    TicketKind.INCIDENT: (
-        "A run stopped itself because it would have changed far more entries than usual. "
-        "Check STRIPE_API_KEY points at the right account and Stripe's status page, then "
-        "rerun with `recon rerun RUN_ID --dry-run` and compare."
-    ),
-}
 
-
-def customer_message(payment: Payment | None, amount: Money | None) -> str | None:
-    what = f"your top-up of {amount.format()}" if amount else "your top-up"
+def _message_amount(kind: TicketKind, payment: Payment | None) -> int | None:
+    """The amount the customer's message is about (None: the ticket's own amount)."""
     if payment is None:
         return None
-    if payment.status is PaymentStatus.SUCCEEDED:
-        return f"We received {what}. Your wallet will update shortly; no need to pay again."
-    if payment.status is PaymentStatus.CANCELED or payment.last_payment_error:
-        return (
-            f"The payment for {what} did not go through. Nothing was taken, or any amount held "
-            "by your bank will be returned within a few days."
-        )
-    return (
-        f"The payment for {what} is still being confirmed by your bank. We will update your "
-        "wallet as soon as it clears; no need to pay again."
-    )
+    if kind is TicketKind.REFUND_AFTER_CREDIT and payment.amount_refunded > 0:
+        return payment.amount_refunded
+    if kind is TicketKind.AMOUNT_MISMATCH:
+        return payment.amount  # what they meant to top up; the message says less arrived
+    return None
 
 
 def dashboard_url(base: str, payment_id: str, livemode: bool) -> str:
@@ -186,8 +140,13 @@ class TicketFacts:
             "ledger_state": entry_state(e),
             "reason": self.reason,
             "summary": summary,
-            "suggested_fix": _FIXES[spec.kind],
-            "customer_message": customer_message(p, money),
+            "suggested_fix": KIND_GUIDE[spec.kind].suggested_fix,
+            "customer_message": customer_message(
+                spec.kind.value,
+                open_state(p) if p is not None or e is not None else CustomerState.CLOSED,
+                _message_amount(spec.kind, p) or amount,
+                currency,
+            ),
             "dashboard_url": (
                 dashboard_url(self.dashboard_base, self.payment_id, p.livemode if p else False)
                 if spec.kind is not TicketKind.INCIDENT
@@ -296,19 +255,34 @@ def resolve_open(
     by: str,
     now: datetime,
     keep: TicketKind | None = None,
+    action: str = "matched",
+    payment: Payment | None = None,
 ) -> list[int]:
-    """Close every open ticket of this payment (but ``keep``'s kind): it is reconciled now."""
+    """Close every open ticket of this payment (but ``keep``'s kind): it is reconciled now.
+
+    ``action`` is what the pass did (commit, void, matched...): each ticket's customer
+    message moves on to the resolved one.
+    """
     where = [tickets.c.payment_id == payment_id, tickets.c.status == OPEN]
     if keep is not None:
         where.append(tickets.c.kind != keep.value)
-    ids = [int(i) for i in conn.execute(select(tickets.c.id).where(*where)).scalars()]
-    if ids:
+    rows = conn.execute(
+        select(tickets.c.id, tickets.c.kind, tickets.c.amount, tickets.c.currency).where(*where)
+    ).all()
+    state = resolved_state(action, payment)
+    for tid, kind, amount, currency in rows:
         conn.execute(
             update(tickets)
-            .where(tickets.c.id.in_(ids))
-            .values(status=RESOLVED, resolved_at=now, resolved_by=by, resolution=reason)
+            .where(tickets.c.id == tid)
+            .values(
+                status=RESOLVED,
+                resolved_at=now,
+                resolved_by=by,
+                resolution=reason,
+                customer_message=customer_message(kind, state, amount, currency),
+            )
         )
-    return ids
+    return [int(r[0]) for r in rows]
 
 
 def open_kinds(conn: Connection, payment_ids: Sequence[str]) -> dict[str, set[str]]:
@@ -334,12 +308,34 @@ def get_ticket(conn: Connection, ticket_id: int, *, lock: bool = False) -> dict[
     return dict(row) if row else None
 
 
-def close_ticket(conn: Connection, ticket_id: int, *, by: str, note: str, now: datetime) -> None:
+def close_ticket(
+    conn: Connection,
+    ticket_id: int,
+    *,
+    by: str,
+    note: str,
+    now: datetime,
+    state: CustomerState = CustomerState.CLOSED,
+) -> str | None:
+    """Resolve one ticket by hand; its customer message becomes the one for ``state``."""
+    row = conn.execute(
+        select(tickets.c.kind, tickets.c.amount, tickets.c.currency).where(
+            tickets.c.id == ticket_id
+        )
+    ).first()
+    message = customer_message(row[0], state, row[1], row[2]) if row is not None else None
     conn.execute(
         update(tickets)
         .where(tickets.c.id == ticket_id)
-        .values(status=RESOLVED, resolved_at=now, resolved_by=by, resolution=note)
+        .values(
+            status=RESOLVED,
+            resolved_at=now,
+            resolved_by=by,
+            resolution=note,
+            customer_message=message,
+        )
     )
+    return message
 
 
 # --------------------------------------------------------------------------- deliveries
