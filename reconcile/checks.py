@@ -18,10 +18,12 @@ __all__ = ["FixAction", "FixCheck", "check_fix", "stripe_says"]
 
 
 class FixAction(enum.StrEnum):
-    COMMIT = "commit"
-    VOID = "void"
-    CREATE_RECORD = "create-record"
-    NONE = "none"
+    COMMIT = "commit"  # the hold, for what Stripe received
+    VOID = "void"  # the hold of a failed, canceled or unknown payment (early: within grace)
+    CREATE_RECORD = "create-record"  # an APPLIED record for a paid, unrecorded payment
+    CREDIT = "credit"  # a new APPLIED transaction for a paid payment whose hold was voided
+    REVERSE = "reverse"  # take back a credit whose payment failed or was refunded
+    NONE = "none"  # close the ticket, no ledger change
 
 
 @dataclass(frozen=True)
@@ -38,13 +40,16 @@ class FixCheck:
 
 
 def stripe_says(payment: Payment | None) -> str:
+    """Stripe's side in words; amounts are added by whoever formats money (not this module)."""
     if payment is None:
         return "Stripe has no such PaymentIntent"
-    extra = f", last error: {payment.last_payment_error}" if payment.last_payment_error else ""
-    return (
-        f"Stripe says {payment.id} is {payment.status.value} "
-        f"(amount {payment.amount}, received {payment.amount_received} "
-        f"{payment.currency}{extra})"
+    extra = [f"last error: {payment.last_payment_error}"] if payment.last_payment_error else []
+    if payment.disputed:
+        extra.append("disputed")
+    if payment.amount_refunded:
+        extra.append("partly or fully refunded")
+    return f"Stripe says {payment.id} is {payment.status.value}" + (
+        f" ({', '.join(extra)})" if extra else ""
     )
 
 
@@ -104,4 +109,51 @@ def check_fix(
             )
         spec = missing_record(payment, destination, policy)
         return FixCheck(amount=spec.amount, create=spec)
+    if action is FixAction.CREDIT:
+        return _check_credit(payment, entry)
+    if action is FixAction.REVERSE:
+        return _check_reverse(payment, entry)
     return FixCheck()
+
+
+def _check_credit(payment: Payment | None, entry: Entry | None) -> FixCheck:
+    """Paid but voided: credit what Stripe kept (received less refunds) and the wallet lacks."""
+    if payment is None or payment.status is not PaymentStatus.SUCCEEDED:
+        return _refuse("credit needs a succeeded payment", payment)
+    if entry is None:
+        return _refuse("there is no ledger entry to credit against; use create-record", payment)
+    if entry.status is EntryStatus.INFLIGHT:
+        return _refuse("the hold is still open; commit it instead", payment)
+    if entry.currency.upper() != payment.currency.upper():
+        return _refuse(f"ledger currency {entry.currency} differs", payment)
+    if payment.disputed:
+        return _refuse("the payment is disputed; credit it once the dispute is won", payment)
+    kept = payment.amount_received - payment.amount_refunded
+    amount = kept - (entry.committed_amount - entry.reversed_amount)
+    if amount <= 0:
+        return _refuse("nothing left to credit: the wallet already holds what Stripe kept", payment)
+    if entry.reversed_amount:
+        return _refuse("a reversal was posted for this payment; correct it by hand", payment)
+    return FixCheck(amount=amount)
+
+
+def _check_reverse(payment: Payment | None, entry: Entry | None) -> FixCheck:
+    """Take back a credit: all of it for a failed payment, the refunded part for a refund."""
+    if entry is None:
+        return _refuse("there is no ledger entry to reverse", payment)
+    credited = entry.committed_amount - entry.reversed_amount
+    if credited <= 0:
+        return _refuse("nothing credited is left to reverse", payment)
+    if entry.reversed_amount:
+        # One reversal per payment (reference PI:reversal); a second needs a person's hand.
+        return _refuse("a reversal was already posted for this payment; adjust by hand", payment)
+    if payment is None:
+        # Absent is not evidence: a wrong API key makes every payment look missing.
+        return _refuse("Stripe does not show the payment failed or was refunded", payment)
+    if failed_attempt(payment):
+        return FixCheck(amount=credited)
+    if payment.status is PaymentStatus.SUCCEEDED and payment.amount_refunded > 0:
+        if entry.currency.upper() != payment.currency.upper():
+            return _refuse(f"ledger currency {entry.currency} differs", payment)
+        return FixCheck(amount=min(payment.amount_refunded, credited))
+    return _refuse("Stripe shows no failure or refund to reverse", payment)

@@ -48,21 +48,71 @@ def linked_payment_id(txn: Transaction) -> str:
     return link if isinstance(link, str) and link else txn.reference
 
 
-def to_entry(txn: Transaction | None) -> Entry | None:
+# A person's fix that moves money after the hold was settled is its own APPLIED transaction,
+# found by its reference: the payment id and one of these suffixes.  Its metadata names the
+# payment under ADJUSTS_KEY, not LINK_KEY, so that the payment's own entry stays the one
+# ``find_linked`` answers.
+CREDIT_SUFFIX = ":credit"
+REVERSAL_SUFFIX = ":reversal"
+ADJUSTS_KEY = "recon_adjusts"
+
+
+def adjustment_references(payment_id: str) -> list[str]:
+    return [payment_id + CREDIT_SUFFIX, payment_id + REVERSAL_SUFFIX]
+
+
+def to_entry(txn: Transaction | None, adjustments: Sequence[Transaction] = ()) -> Entry | None:
+    """The decision core's view of a payment's ledger entry, with any fixes folded in.
+
+    A credit after a void is, to the books, the commit that should have happened: it counts
+    as committed and the entry reads APPLIED.  A reversal is kept apart
+    (``reversed_amount``): the decision compares it with what Stripe refunded or failed.
+    """
     if txn is None:
         return None
+    committed, voided, status = txn.committed_amount, txn.voided_amount, txn.status.value
+    reversed_amount = 0
+    for adj in adjustments:
+        if adj.reference.endswith(CREDIT_SUFFIX):
+            committed += adj.amount
+            voided = max(0, txn.amount - committed)
+            status = EntryStatus.APPLIED.value
+        elif adj.reference.endswith(REVERSAL_SUFFIX):
+            reversed_amount += adj.amount
     return Entry(
         reference=txn.reference,
-        status=EntryStatus(txn.status.value),
-        amount=txn.amount,
+        status=EntryStatus(status),
+        amount=max(txn.amount, committed),
         currency=txn.currency,
         created_at=txn.created_at,
-        committed_amount=txn.committed_amount,
-        voided_amount=txn.voided_amount,
+        committed_amount=committed,
+        voided_amount=voided,
         source=txn.source,
         destination=txn.destination,
         metadata={k: str(v) for k, v in txn.metadata.items()},
+        reversed_amount=reversed_amount,
     )
+
+
+def load_adjustments(
+    ledger: Ledger, txns: Mapping[str, Transaction]
+) -> dict[str, list[Transaction]]:
+    """Fixes posted against settled entries (payment id -> credits and reversals), one read.
+
+    INFLIGHT entries never have any (a fix after settlement is the only way to get one), so
+    the sweep, which sees only INFLIGHT entries, never pays for this read.
+    """
+    settled = [pid for pid, t in txns.items() if t.status is not TxnStatus.INFLIGHT]
+    if not settled:
+        return {}
+    refs = [ref for pid in settled for ref in adjustment_references(pid)]
+    found = ledger.find_linked_many(refs)
+    out: dict[str, list[Transaction]] = {}
+    for pid in settled:
+        adj = [found[r] for r in adjustment_references(pid) if r in found]
+        if adj:
+            out[pid] = adj
+    return out
 
 
 # -- the one ledger write path ----------------------------------------------------------------
@@ -92,7 +142,29 @@ class Create:
     audit_action: str = "create"
 
 
-LedgerOp = Commit | Void | Create
+@dataclass(frozen=True)
+class Credit:
+    """A new APPLIED transaction for a paid payment whose hold was voided (``of``)."""
+
+    of: Transaction
+    payment_id: str
+    amount: int
+    created_by: str
+    audit_action: str = "credit"
+
+
+@dataclass(frozen=True)
+class Reverse:
+    """Take back ``amount`` of what ``of`` credited: an APPLIED transaction the other way."""
+
+    of: Transaction
+    payment_id: str
+    amount: int
+    created_by: str
+    audit_action: str = "reverse"
+
+
+LedgerOp = Commit | Void | Create | Credit | Reverse
 
 
 @dataclass(frozen=True)
@@ -115,6 +187,20 @@ def act(conn: Connection, ledger: Ledger, op: LedgerOp, ctx: AuditContext) -> Tr
         amount = op.amount
     elif isinstance(op, Void):
         after = ledger.void(op.reference, idempotency_key=op.idempotency_key)
+        amount = op.amount
+    elif isinstance(op, Credit | Reverse):
+        credit = isinstance(op, Credit)
+        after = ledger.create(
+            NewTransaction(
+                reference=op.payment_id + (CREDIT_SUFFIX if credit else REVERSAL_SUFFIX),
+                source=op.of.source if credit else op.of.destination,
+                destination=op.of.destination if credit else op.of.source,
+                amount=op.amount,
+                currency=op.of.currency,
+                inflight=False,
+                metadata={ADJUSTS_KEY: op.payment_id, "created_by": op.created_by},
+            )
+        )
         amount = op.amount
     else:
         c = op.spec
@@ -152,6 +238,7 @@ class Item:
     payment_id: str
     payment: Payment | None
     txn: Transaction | None = None
+    adjustments: tuple[Transaction, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,6 +253,9 @@ class PaymentOutcome:
     resolved: tuple[int, ...] = ()
     error: str | None = None
     payment: Payment | None = None  # what Stripe said when this was decided
+    currency: str | None = None
+    amount: int | None = None  # what the action moves: committed, voided or created
+    dry_run: bool = False
 
     def as_plan(self) -> dict[str, Any]:
         d = self.decision
@@ -174,6 +264,8 @@ class PaymentOutcome:
             "reference": self.reference,
             "action": d.action.value,
             "reason": str(d.reason),
+            "amount": self.amount,
+            "currency": self.currency,
             "commit_amount": d.commit_amount,
             "void_remainder": d.void_remainder,
             "ticket": (
@@ -181,10 +273,28 @@ class PaymentOutcome:
                 if d.ticket
                 else None
             ),
-            "ticket_id": self.ticket_id,
-            "resolves_tickets": list(self.resolved),
+            # A dry run rolls back the tickets it would open: no number for those, only
+            # for open tickets it would bump, which exist.
+            "ticket_id": None if (self.dry_run and self.ticket_new) else self.ticket_id,
+            "ticket_new": self.ticket_new,
+            "resolves_tickets": [] if self.dry_run else list(self.resolved),
+            "would_resolve": len(self.resolved),
             "error": self.error,
         }
+
+
+def _currency(txn: Transaction | None, payment: Payment | None) -> str | None:
+    return txn.currency if txn is not None else (payment.currency if payment else None)
+
+
+def _moved(d: Decision, txn: Transaction | None) -> int | None:
+    if d.action is Action.COMMIT:
+        return d.commit_amount
+    if d.action is Action.VOID and txn is not None:
+        return txn.remaining
+    if d.action is Action.CREATE and d.create is not None:
+        return d.create.amount
+    return None
 
 
 class Pass:
@@ -241,7 +351,7 @@ class Pass:
         planned: list[tuple[Item, Decision]] = []
         voids = new_tickets = 0
         for item in items:
-            d = decide(item.payment, to_entry(item.txn), self.svc.policy, now)
+            d = decide(item.payment, to_entry(item.txn, item.adjustments), self.svc.policy, now)
             planned.append((item, d))
             if d.action is Action.VOID:
                 voids += 1
@@ -270,7 +380,14 @@ class Pass:
                 self._count(d.action.value)
                 if d.action is not Action.NOTHING:
                     self.outcomes.append(
-                        PaymentOutcome(item.payment_id, d, item.txn.reference if item.txn else None)
+                        PaymentOutcome(
+                            item.payment_id,
+                            d,
+                            item.txn.reference if item.txn else None,
+                            payment=item.payment,
+                            currency=_currency(item.txn, item.payment),
+                            dry_run=self.dry_run,
+                        )
                     )
 
     # -- acting ----------------------------------------------------------------------------
@@ -335,7 +452,8 @@ class Pass:
         ledger = svc.ledger_for(conn)
         now = svc.clock()
         txn = ledger.find_linked(payment_id, lock=True)
-        entry = to_entry(txn)
+        adjustments = load_adjustments(ledger, {payment_id: txn}) if txn is not None else {}
+        entry = to_entry(txn, adjustments.get(payment_id, ()))
         d = decide(payment, entry, svc.policy, now)
         run_id = self.run.id if self.run else None
         evidence = {
@@ -410,6 +528,8 @@ class Pass:
                 by=self.actor,
                 now=now,
                 keep=d.ticket.kind if d.ticket else None,
+                action=d.action.value,
+                payment=payment,
             )
             if resolved:
                 self._count("ticket_resolved", len(resolved))
@@ -422,6 +542,9 @@ class Pass:
             ticket_new=ticket_new,
             resolved=tuple(resolved),
             payment=payment,
+            currency=_currency(txn, payment),
+            amount=_moved(d, txn),
+            dry_run=self.dry_run,
         )
 
     # -- the guard -------------------------------------------------------------------------

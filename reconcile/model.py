@@ -72,6 +72,9 @@ class Entry:
     source: str = ""
     destination: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Taken back from the customer by a reversal linked to this payment (a person's fix for
+    # a refund or a failed payment that had been credited).
+    reversed_amount: int = 0
 
     @property
     def remaining(self) -> int:

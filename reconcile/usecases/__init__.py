@@ -11,7 +11,7 @@ are values; :class:`UseCaseError` and its leaves are requests that cannot be car
 
 from reconcile.usecases.errors import BadRequest, NotFound, UseCaseError
 from reconcile.usecases.events import ProcessOutcome, ReplayResult, process_event, replay_event
-from reconcile.usecases.fixes import Resolution, resolve_ticket
+from reconcile.usecases.fixes import Resolution, fix_payment, resolve_ticket
 from reconcile.usecases.jobs import (
     CATCH_UP_TYPES,
     RerunSpec,
@@ -32,6 +32,7 @@ __all__ = [
     "RerunSpec",
     "Resolution",
     "UseCaseError",
+    "fix_payment",
     "plan_rerun",
     "process_event",
     "reconcile_payment",

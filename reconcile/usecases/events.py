@@ -56,7 +56,7 @@ def process_event(
                 inbox.mark_ignored(conn, event_id, now)
         return ProcessOutcome("ignored", f"event type {row.type} names no PaymentIntent", pid)
     try:
-        payment = _payment_for_event(svc, row.payload, pid, gateway)
+        payment = payment_for_event(svc, row.payload, pid, gateway)
         p = Pass(
             svc,
             run=run,
@@ -79,9 +79,11 @@ def process_event(
     return ProcessOutcome("processed", str(outcome.decision.reason), pid, outcome)
 
 
-def _payment_for_event(
+def payment_for_event(
     svc: Services, payload: Mapping[str, Any], pid: str, gateway: StripeGateway | None
 ) -> Payment | None:
+    """What Stripe says about the event's payment: the payload when it is authoritative
+    (terminal, entry still INFLIGHT), else a fresh read."""
     obj = (payload.get("data") or {}).get("object") or {}
     if obj.get("object") == "payment_intent" and obj.get("id") == pid:
         status = obj.get("status")
@@ -157,7 +159,9 @@ def replay_event(
     status = finish_run(svc.engine, state, now=svc.clock(), stripe=gw.snapshot())
     svc.hooks.run(state.job, status)
     plan = [res.outcome.as_plan()] if res is not None and res.outcome else []
-    result = RunResult(state.id, status, dict(state.counts), list(state.errors), plan)
+    result = RunResult(
+        state.id, status, dict(state.counts), list(state.errors), plan, dry_run=dry_run
+    )
     if res is None:
         return ReplayResult(result, event_id, "failed", "", None, fetched)
     return ReplayResult(

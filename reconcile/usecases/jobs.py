@@ -16,15 +16,15 @@ from typing import Any
 
 from ledger.model import Transaction
 from reconcile import inbox, runs
-from reconcile.engine import Item, Pass, linked_payment_id
+from reconcile.engine import Item, Pass, linked_payment_id, load_adjustments
 from reconcile.guard import GuardTripped
 from reconcile.model import Payment, PaymentStatus
 from reconcile.ports import Services
 from reconcile.runs import RunResult, RunState
 from reconcile.stripe_batch import fetch_many
-from reconcile.stripe_gateway import StripeGateway, StripeUnavailable
+from reconcile.stripe_gateway import EVENTS_RETENTION, StripeGateway, StripeUnavailable
 from reconcile.usecases.errors import BadRequest, NotFound
-from reconcile.usecases.events import process_event, replay_event
+from reconcile.usecases.events import payment_for_event, replay_event
 from reconcile.usecases.lifecycle import begin, cut_short, end, fail
 from reconcile.usecases.payments import reconcile_payment
 
@@ -127,6 +127,9 @@ def _release(svc: Services, batch: Sequence[Transaction], dry_run: bool) -> None
 # -- catch-up -------------------------------------------------------------------------------
 
 
+CATCH_UP_BATCH = 100  # events planned, guarded and acted on together (one list page)
+
+
 def run_catch_up(
     svc: Services,
     *,
@@ -137,8 +140,15 @@ def run_catch_up(
     rerun_of: int | None = None,
     progress: Progress | None = None,
 ) -> RunResult:
-    """Events from Stripe's Events API since the cursor, fed into the same inbox."""
+    """Events from Stripe's Events API since the cursor, fed into the same inbox.
+
+    Guarded like the sweep: each page of new events is planned first (which payments would
+    be committed, voided, ticketed), checked against the blast-radius guard, and only then
+    acted on and stored.  A page the guard stops is neither acted on nor stored, and the
+    cursor stays before it, so the next run meets it again.
+    """
     now = svc.clock()
+    notes: list[str] = []
     if since is None:
         with svc.engine.connect() as conn:
             stored = runs.get_cursor(conn, CATCH_UP_CURSOR)
@@ -147,36 +157,48 @@ def run_catch_up(
             if stored
             else now - timedelta(hours=2)
         )
+    elif since > now:
+        raise BadRequest(f"--since {since.isoformat(timespec='seconds')} is in the future")
     # Stripe keeps 30 days of events; asking for older ones silently returns fewer.
-    since = max(since, now - timedelta(days=30))
+    oldest = now - EVENTS_RETENTION
+    if since < oldest:
+        notes.append(
+            f"window clamped to 30 days: Stripe keeps events for 30 days, so the catch-up "
+            f"starts at {oldest.isoformat(timespec='seconds')}, not "
+            f"{since.isoformat(timespec='seconds')}"
+        )
+        since = oldest
     state = begin(svc, "catch_up", trigger, actor, dry_run, window=(since, now), rerun_of=rerun_of)
+    state.notes.extend(notes)
     gw = svc.new_gateway()
-    p = Pass(svc, run=state, actor=actor, dry_run=dry_run, guarded=False)
+    p = Pass(svc, run=state, actor=actor, dry_run=dry_run, evidence={"source": "catch_up"})
     newest = int(since.timestamp())
+    batch: list[dict[str, Any]] = []
     seen = 0
+
+    def flush() -> None:
+        nonlocal newest
+        if batch:
+            _catch_up_batch(svc, p, gw, state, batch, dry_run)
+            newest = max(newest, *(int(e.get("created") or 0) for e in batch))
+            batch.clear()
+
     try:
         try:
             for event in gw.events_since(int(since.timestamp()), CATCH_UP_TYPES):
                 seen += 1
                 state.counts["events_listed"] += 1
-                with svc.engine.begin() as conn:
-                    nested = conn.begin_nested()
-                    is_new = inbox.store_event(conn, event, source="catch_up", now=svc.clock())
-                    if dry_run:
-                        nested.rollback()
-                    else:
-                        nested.commit()
-                if is_new:
-                    state.counts["events_new"] += 1
-                    if not dry_run:
-                        _process_inline(svc, event["id"], actor, gw, state)
-                newest = max(newest, int(event.get("created", 0)))
+                batch.append(event)
+                if len(batch) >= CATCH_UP_BATCH:
+                    flush()
                 if progress is not None:
                     progress(seen)
-        except StripeUnavailable as exc:
+            flush()
+        except (StripeUnavailable, GuardTripped) as exc:
+            batch.clear()
             cut_short(state, p, "catch_up", exc)
         if not dry_run:
-            # Only as far as what was really read: a partial run resumes from here.
+            # Only as far as what was really handled: a partial run resumes from here.
             with svc.engine.begin() as conn:
                 runs.set_cursor(conn, CATCH_UP_CURSOR, str(newest), now=svc.clock())
         state.resume = {"events_created_after": newest}
@@ -186,18 +208,68 @@ def run_catch_up(
     return end(svc, state, gw, p)
 
 
-def _process_inline(
-    svc: Services, event_id: str, actor: str, gw: StripeGateway, state: RunState
+def _catch_up_batch(
+    svc: Services,
+    p: Pass,
+    gw: StripeGateway,
+    state: RunState,
+    batch: Sequence[dict[str, Any]],
+    dry_run: bool,
 ) -> None:
-    try:
-        res = process_event(svc, event_id, actor=actor, gateway=gw, run=state)
-    except StripeUnavailable:
-        raise
-    except Exception as exc:  # one bad event must not stop the catch-up
-        state.errors.append(f"{event_id}: {type(exc).__name__}: {exc}")
-        state.counts["errors"] += 1
+    """Plan, guard and act on one page of events, then store them (raises GuardTripped)."""
+    with svc.engine.connect() as conn:
+        known = inbox.known_ids(conn, [str(e["id"]) for e in batch])
+    fresh: dict[str, dict[str, Any]] = {}
+    for event in batch:
+        if str(event["id"]) not in known:
+            fresh.setdefault(str(event["id"]), event)
+    state.counts["events_new"] += len(fresh)
+    # Events come oldest first: the last one of a payment is the one that counts.
+    latest: dict[str, dict[str, Any]] = {}
+    for event in fresh.values():
+        pid = inbox.event_payment_id(event)
+        if pid is not None and inbox.initial_status(event) == "pending":
+            latest[pid] = event
+    payments: dict[str, Payment | None] = {}
+    unread: dict[str, str] = {}
+    for pid, event in latest.items():
+        try:
+            payments[pid] = payment_for_event(svc, event, pid, gw)
+        except StripeUnavailable:
+            raise
+        except Exception as exc:  # one bad payment must not stop the catch-up
+            unread[pid] = f"{pid}: {type(exc).__name__}: {exc}"
+            state.errors.append(unread[pid])
+            state.counts["errors"] += 1
+    for pid in unread:
+        del latest[pid]
+    with svc.engine.connect() as conn:
+        ledger = svc.ledger_for(conn)
+        found = ledger.find_linked_many(list(latest))
+        adjusted = load_adjustments(ledger, found)
+    done = len(p.outcomes)
+    p.handle(
+        [Item(pid, payments[pid], found.get(pid), tuple(adjusted.get(pid, ()))) for pid in latest]
+    )
+    errors = {o.payment_id: o.error for o in p.outcomes[done:] if o.error} | unread
+    for event in fresh.values():
+        pid = inbox.event_payment_id(event)
+        acted = pid is not None and (pid in latest or pid in unread)
+        status = "failed" if acted and pid in errors else "processed" if acted else "ignored"
+        state.counts["events_" + status] += 1
+    if dry_run or not fresh:
         return
-    state.counts["events_" + res.status] += 1
+    with svc.engine.begin() as conn:
+        now = svc.clock()
+        inbox.store_events(conn, list(fresh.values()), source="catch_up", now=now)
+        for event_id, event in fresh.items():
+            pid = inbox.event_payment_id(event)
+            if pid is None or (pid not in latest and pid not in unread):
+                continue
+            if pid in errors:
+                inbox.mark_failed(conn, event_id, str(errors[pid]), now)
+            else:
+                inbox.mark_processed(conn, event_id, now)
 
 
 # -- missing-record scan --------------------------------------------------------------------
@@ -244,8 +316,12 @@ def run_scan(
         if not page:
             return
         with svc.engine.connect() as conn:
-            found = svc.ledger_for(conn).find_linked_many([pay.id for pay in page])
-        p.handle([Item(pay.id, pay, found.get(pay.id)) for pay in page])
+            ledger = svc.ledger_for(conn)
+            found = ledger.find_linked_many([pay.id for pay in page])
+            adjusted = load_adjustments(ledger, found)
+        p.handle(
+            [Item(pay.id, pay, found.get(pay.id), tuple(adjusted.get(pay.id, ()))) for pay in page]
+        )
         oldest_done = min(pay.created for pay in page)
         page.clear()
 
