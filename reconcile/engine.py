@@ -24,6 +24,7 @@ from sqlalchemy import Connection
 from ledger.errors import LedgerError
 from ledger.model import NewTransaction, Transaction, TxnStatus
 from ledger.protocol import LINK_KEY, Ledger
+from reconcile import customers
 from reconcile import tickets as tk
 from reconcile.decide import decide
 from reconcile.guard import GuardTripped
@@ -340,6 +341,23 @@ class Pass:
             open_by_payment = tk.open_kinds(conn, [i.payment_id for i in items])
             conn.rollback()
             self._plan_and_act(conn, items, open_by_payment, now)
+            if not self.dry_run:
+                self._index(conn, items)
+
+    def _index(self, conn: Connection, items: Sequence[Item]) -> None:
+        """Write down whose payments these are (the customer index), one transaction."""
+        seen = [
+            customers.sighting(
+                i.payment_id,
+                i.payment,
+                to_entry(i.txn),
+                stripe_read=i.payment is not None,
+                destination_key=self.svc.policy.destination_key,
+            )
+            for i in items
+        ]
+        with conn.begin():
+            customers.record(conn, [s for s in seen if s is not None], self.svc.clock())
 
     def _plan_and_act(
         self,
@@ -409,10 +427,21 @@ class Pass:
         """
         if conn is None:
             with self.svc.engine.connect() as own:
-                return self.apply(payment_id, payment, conn=own, known_open=known_open)
+                return self._apply(payment_id, payment, own, known_open, index=True)
+        return self._apply(payment_id, payment, conn, known_open, index=False)
+
+    def _apply(
+        self,
+        payment_id: str,
+        payment: Payment | None,
+        conn: Connection,
+        known_open: bool | None,
+        *,
+        index: bool,
+    ) -> PaymentOutcome:
         tx = conn.begin()
         try:
-            outcome = self._apply_locked(conn, payment_id, payment, known_open)
+            outcome = self._apply_locked(conn, payment_id, payment, known_open, index=index)
         except LedgerError as exc:
             tx.rollback()
             # A typed ledger refusal (e.g. a race lost to a manual fix) is recorded and
@@ -447,6 +476,8 @@ class Pass:
         payment_id: str,
         payment: Payment | None,
         known_open: bool | None = None,
+        *,
+        index: bool = False,
     ) -> PaymentOutcome:
         svc = self.svc
         ledger = svc.ledger_for(conn)
@@ -534,6 +565,16 @@ class Pass:
             if resolved:
                 self._count("ticket_resolved", len(resolved))
                 note("tickets_resolved", reference)
+        if index and not self.dry_run:
+            seen = customers.sighting(
+                payment_id,
+                payment,
+                entry,
+                stripe_read=payment is not None,
+                destination_key=svc.policy.destination_key,
+            )
+            if seen is not None:
+                customers.record(conn, [seen], now)
         return PaymentOutcome(
             payment_id,
             d,

@@ -49,6 +49,7 @@ class Payment:
     customer: str | None = None
     customer_email: str | None = None
     livemode: bool = False
+    customer_name: str | None = None  # the charge's billing name, for the customer index
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -72,10 +72,13 @@ def payment_from_stripe(obj: Mapping[str, Any] | stripe.StripeObject) -> Payment
         customer_email = customer_email or customer_obj.get("email") or None
     else:
         customer = customer_obj or None
+    billing = charge.get("billing_details")
+    billing = billing if isinstance(billing, Mapping) else {}
     if customer_email is None:
-        billing = charge.get("billing_details")
-        if isinstance(billing, Mapping):
-            customer_email = billing.get("email") or None
+        customer_email = billing.get("email") or None
+    customer_name = billing.get("name") or (
+        customer_obj.get("name") if isinstance(customer_obj, Mapping) else None
+    )
 
     metadata = pi.get("metadata") or {}
     return Payment(
@@ -92,5 +95,6 @@ def payment_from_stripe(obj: Mapping[str, Any] | stripe.StripeObject) -> Payment
         customer=str(customer) if customer else None,
         customer_email=str(customer_email) if customer_email else None,
         livemode=bool(pi.get("livemode") or False),
+        customer_name=str(customer_name) if isinstance(customer_name, str) else None,
         metadata={str(k): "" if v is None else str(v) for k, v in dict(metadata).items()},
     )

@@ -455,3 +455,20 @@ def requeue_failed_deliveries(
 
 def severity_label(value: int) -> str:
     return Severity(value).label
+
+
+def for_payments(
+    conn: Connection, payment_ids: Sequence[str], *, limit: int = 20
+) -> list[dict[str, Any]]:
+    """Tickets of these payments: open ones first (most severe), then the latest resolved."""
+    if not payment_ids:
+        return []
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(payment_ids), 500):
+        chunk = list(payment_ids[start : start + 500])
+        rows = conn.execute(
+            select(tickets).where(tickets.c.payment_id.in_(chunk)).order_by(tickets.c.id.desc())
+        ).mappings()
+        out.extend(dict(r) for r in rows)
+    out.sort(key=lambda t: (t["status"] != OPEN, -int(t["severity"]), -int(t["id"])))
+    return out[:limit]

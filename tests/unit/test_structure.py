@@ -28,6 +28,9 @@ OWNERS = {
         "tickets": "reconcile.tickets",
         "deliveries": "reconcile.tickets",
         "locks": "worker.locks",
+        "customers": "reconcile.customers",
+        "customer_keys": "reconcile.customers",
+        "customer_payments": "reconcile.customers",
     },
 }
 # Besides its owner, who may import a table module at all, and what from it.

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from worker.cli import jobs_cmds, ledger_cmds, report_cmds, tickets_cmds
+from worker.cli import customer_cmds, jobs_cmds, ledger_cmds, report_cmds, tickets_cmds
 from worker.cli.context import app_state
 from worker.cli.output import console, fail, print_json
 from worker.logs import configure_logging
@@ -24,6 +24,7 @@ app.add_typer(ledger_cmds.app, name="ledger", no_args_is_help=True)
 app.add_typer(tickets_cmds.app, name="tickets")
 jobs_cmds.register(app)
 app.command()(report_cmds.report)
+app.command()(customer_cmds.customer)
 
 
 @app.callback()

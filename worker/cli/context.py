@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from ledger.protocol import Ledger
+from reconcile.ports import Services
 from worker.cli.output import fail
 from worker.db import engine_for
 from worker.settings import Settings
@@ -59,6 +60,15 @@ class App:
 
         try:
             return ledger_factory(self.settings)
+        except ConfigError as exc:
+            fail(str(exc))
+
+    def services(self) -> Services:
+        """The use cases' services, without reading Stripe (no API key needed)."""
+        from worker.wiring import ConfigError, build_services
+
+        try:
+            return build_services(self.settings)
         except ConfigError as exc:
             fail(str(exc))
 
