@@ -254,7 +254,7 @@ def resolve_ticket(
     actor: str,
     *,
     dry_run: bool,
-    gateway: StripeGateway,
+    gateway: StripeGateway | None = None,
 ) -> Resolution:
     """Re-check on Stripe, apply the fix if Stripe agrees, close the ticket; or refuse."""
     note = _check_note(note)
@@ -277,7 +277,7 @@ def resolve_ticket(
         raise BadRequest("an incident ticket has no payment: only --action none applies")
     # "none" changes no money, so it needs no Stripe read; anything else must see today's
     # state, not what the ticket recorded.
-    payment = None if action is FixAction.NONE else gateway.retrieve(pid)
+    payment = None if action is FixAction.NONE else (gateway or svc.new_gateway()).retrieve(pid)
     stripe_state = None if action is FixAction.NONE else tickets.payment_state(payment)
     with svc.engine.begin() as conn:
         scope = conn.begin_nested()
@@ -347,7 +347,7 @@ def fix_payment(
     actor: str,
     *,
     dry_run: bool,
-    gateway: StripeGateway,
+    gateway: StripeGateway | None = None,
 ) -> Resolution:
     """The same checked fix, from a payment rather than a ticket (``recon ledger commit|void``).
 
@@ -360,7 +360,7 @@ def fix_payment(
         raise BadRequest("--action none closes a ticket: use `recon tickets resolve`")
     with svc.engine.connect() as conn:
         known = svc.ledger_for(conn).find_linked(payment_id)
-    payment = gateway.retrieve(payment_id)
+    payment = (gateway or svc.new_gateway()).retrieve(payment_id)
     if payment is None and known is None:
         raise NotFound(f"{payment_id} is neither in the ledger nor on Stripe")
     stripe_state = tickets.payment_state(payment)

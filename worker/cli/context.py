@@ -9,10 +9,11 @@ from functools import cached_property
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError
 
 from ledger.protocol import Ledger
 from reconcile.ports import Services
+from reconcile.redact import redact
 from worker.cli.output import fail
 from worker.db import engine_for
 from worker.settings import Settings
@@ -38,11 +39,8 @@ class App:
         try:
             with self.engine.begin() as conn:
                 yield conn
-        except (OperationalError, ProgrammingError) as exc:
-            detail = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
-            if "no such table" in detail or "does not exist" in detail:
-                fail(f"the database has no schema yet ({detail}); run `recon db upgrade` first", 1)
-            fail(f"database unavailable: {detail}", 1)
+        except DBAPIError as exc:
+            fail(database_problem(exc), 1)
 
     @contextmanager
     def rehearse(self) -> Iterator[Connection]:
@@ -79,3 +77,16 @@ class App:
 
 
 app_state = App()
+
+_NOT_MIGRATED = ("no such table", "does not exist", "no such column", "undefinedtable")
+
+
+def database_problem(exc: DBAPIError) -> str:
+    """One line saying what is wrong with the database, secrets masked."""
+    detail = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    first = redact(detail[0] if detail else type(exc).__name__)
+    if any(m in first.lower() for m in _NOT_MIGRATED):
+        return (
+            f"the database is not migrated to this version ({first}); run `recon db upgrade` first"
+        )
+    return f"database unavailable: {first}"

@@ -21,7 +21,6 @@ from rich.table import Table
 from rich.text import Text
 
 from ledger.money import Money
-from worker.durations import format_duration
 
 console = Console(markup=False, highlight=False, emoji=False)
 err_console = Console(stderr=True, markup=False, highlight=False, emoji=False)
@@ -71,7 +70,22 @@ def when(value: datetime | None) -> str:
 def age(now: datetime, then: datetime | None) -> str:
     if then is None:
         return ""
-    return format_duration(max(now - then, timedelta(0)))
+    return short_age(now - then)
+
+
+def short_age(delta: timedelta | None) -> str:
+    """A duration to two units (``3h12m``, ``2d4h``, ``45s``): enough to read at a glance."""
+    if delta is None:
+        return ""
+    secs = max(0, int(delta.total_seconds()))
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        n, secs = divmod(secs, size)
+        if n or (parts and len(parts) < 2):
+            parts.append(f"{n}{unit}")
+        if len(parts) == 2:
+            break
+    return "".join(p for p in parts if not p.startswith("0")) or "0s"
 
 
 def _default(value: Any) -> Any:
