@@ -528,7 +528,10 @@ def runs_show(
             ("started", when(run["started_at"])),
             ("finished", when(run["finished_at"]) or "still running (or it crashed)"),
             ("took", _took(run) or None),
-            ("parameters", ", ".join(f"{k}={v}" for k, v in sorted(params.items())) or None),
+            (
+                "parameters",
+                ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if v is not None) or None,
+            ),
             ("cut short", cut_short),
             ("notes", "; ".join(notes) or None),
             (

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -119,7 +120,12 @@ def table(
 ) -> None:
     """A table; the columns named in ``ids`` never wrap: other columns give way first."""
     materialised = [["" if v is None else safe(v) for v in row] for row in rows]
-    t = Table(title=safe(title) if title else None, show_lines=False, header_style="bold")
+    t = Table(
+        title=safe(title) if title else None,
+        show_lines=False,
+        header_style="bold",
+        box=box.SIMPLE_HEAD,  # no vertical rules: their width goes to the cells
+    )
     for i, col in enumerate(columns):
         if col in ids:
             widest = max([len(col), *(len(r[i]) for r in materialised)])
