@@ -28,6 +28,7 @@ from reconcile import customers
 from reconcile import tickets as tk
 from reconcile.decide import decide
 from reconcile.guard import GuardTripped
+from reconcile.messages import PENDING, CustomerState, customer_message
 from reconcile.model import (
     Action,
     CreateSpec,
@@ -282,6 +283,58 @@ class PaymentOutcome:
             "would_resolve": len(self.resolved),
             "error": self.error,
         }
+
+
+def queue_change(
+    conn: Connection,
+    change: str,
+    payment_id: str,
+    payment: Payment | None,
+    entry: Entry | None,
+    amount: int | None,
+    currency: str | None,
+    message: str | None,
+    now: datetime,
+    *,
+    ticket_id: int | None = None,
+    destination_key: str = "ledger_destination",
+) -> bool:
+    """Queue one customer.update with the customer's identifiers (see customers.sighting)."""
+    who = customers.sighting(
+        payment_id, payment, entry, stripe_read=False, destination_key=destination_key
+    )
+    return tk.queue_customer_update(
+        conn,
+        tk.CustomerChange(
+            payment_id=payment_id,
+            change=change,
+            message=message,
+            amount=amount,
+            currency=currency,
+            ticket_id=ticket_id,
+            customer=who.stripe_customer if who else None,
+            customer_email=who.email if who else None,
+            customer_name=who.name if who else None,
+            balance=who.balance if who else None,
+        ),
+        now,
+    )
+
+
+def _txn_like(entry: Entry) -> Transaction:
+    """The few Transaction fields ``_moved`` reads, from an Entry."""
+    return Transaction(
+        id="",
+        reference=entry.reference,
+        source=entry.source,
+        destination=entry.destination,
+        amount=entry.amount,
+        currency=entry.currency,
+        status=TxnStatus(entry.status.value),
+        committed_amount=entry.committed_amount,
+        voided_amount=entry.voided_amount,
+        created_at=entry.created_at,
+    )
 
 
 def _currency(txn: Transaction | None, payment: Payment | None) -> str | None:
@@ -565,6 +618,8 @@ class Pass:
             if resolved:
                 self._count("ticket_resolved", len(resolved))
                 note("tickets_resolved", reference)
+        if svc.customer_updates:
+            self._tell_customer(conn, payment_id, payment, entry, d, ticket_id, ticket_new, now)
         if index and not self.dry_run:
             seen = customers.sighting(
                 payment_id,
@@ -586,6 +641,62 @@ class Pass:
             currency=_currency(txn, payment),
             amount=_moved(d, txn),
             dry_run=self.dry_run,
+        )
+
+    def _tell_customer(
+        self,
+        conn: Connection,
+        payment_id: str,
+        payment: Payment | None,
+        entry: Entry | None,
+        d: Decision,
+        ticket_id: int | None,
+        ticket_new: bool,
+        now: datetime,
+    ) -> None:
+        """Queue a customer.update for a change the customer may be waiting on.
+
+        A commit counts when the customer waited for it (the entry was older than the
+        sweep's threshold, so no timely webhook credited it); a void always does (their
+        top-up failed); so do a new dispute or refund after credit.
+        """
+        change: str | None = None
+        amount = _moved(d, None if entry is None else _txn_like(entry))
+        currency = entry.currency if entry else (payment.currency if payment else None)
+        message: str | None = None
+        if d.action in (Action.COMMIT, Action.CREATE):
+            waited = entry is None or now - entry.created_at > self.svc.sweep_min_age
+            if waited:
+                change = "credited"
+                message = customer_message(PENDING, CustomerState.CREDITED, amount, currency)
+        elif d.action is Action.VOID and entry is not None:
+            change = "voided"
+            amount = entry.remaining
+            message = customer_message(PENDING, CustomerState.VOIDED, entry.amount, currency)
+        elif (
+            ticket_new
+            and ticket_id is not None
+            and d.ticket is not None
+            and d.ticket.kind in (TicketKind.DISPUTE_OPENED, TicketKind.REFUND_AFTER_CREDIT)
+        ):
+            change = d.ticket.kind.value
+            row = tk.get_ticket(conn, ticket_id)
+            message = row["customer_message"] if row else None
+            amount, currency = (row["amount"], row["currency"]) if row else (amount, currency)
+        if change is None:
+            return
+        queue_change(
+            conn,
+            change,
+            payment_id,
+            payment,
+            entry,
+            amount,
+            currency,
+            message,
+            now,
+            ticket_id=ticket_id,
+            destination_key=self.svc.policy.destination_key,
         )
 
     # -- the guard -------------------------------------------------------------------------

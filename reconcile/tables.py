@@ -229,3 +229,31 @@ customer_payments = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     Index("ix_recon_customer_payments_customer", "customer_id", "created"),
 )
+
+# customer.update messages (owner: reconcile/tickets.py, which owns the outbox): one row per
+# change a customer may be waiting to hear about, queued in the transaction that made the
+# change and sent by worker/sinks.py to the webhook sink.  ``change_key`` (payment + change)
+# is unique: a change is never queued, so never sent, twice.
+customer_updates = Table(
+    "recon_customer_updates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("change_key", String(300), nullable=False, unique=True),
+    Column("change", String(40), nullable=False),  # credited | voided | reversed | ...
+    Column("payment_id", String(255), nullable=False),
+    Column("ticket_id", Integer, nullable=True),
+    Column("customer", String(255), nullable=True),
+    Column("customer_email", String(320), nullable=True),
+    Column("customer_name", String(200), nullable=True),
+    Column("balance", String(200), nullable=True),
+    Column("amount", BigInteger, nullable=True),
+    Column("currency", String(3), nullable=True),
+    Column("message", Text, nullable=True),
+    Column("status", String(20), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("delivered_at", UtcDateTime(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_recon_customer_updates_due", "status", "next_attempt_at"),
+)

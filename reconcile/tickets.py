@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from ledger.money import Money
@@ -31,7 +32,7 @@ from reconcile.model import (
     TicketKind,
     TicketSpec,
 )
-from reconcile.tables import deliveries, tickets
+from reconcile.tables import customer_updates, deliveries, tickets
 
 OPEN = "open"
 RESOLVED = "resolved"
@@ -42,6 +43,8 @@ DELIVERY_FAILED = "failed"
 
 EVENT_OPENED = "ticket.opened"
 EVENT_ESCALATED = "ticket.escalated"
+EVENT_CUSTOMER_UPDATE = "customer.update"
+CUSTOMER_UPDATE_SINK = "webhook"  # the application's endpoint; never Slack (it is personal)
 
 
 def _message_amount(kind: TicketKind, payment: Payment | None) -> int | None:
@@ -348,7 +351,8 @@ class DeliveryClaim:
     severity: int
     attempts: int  # including this one
     event: str  # EVENT_OPENED for a ticket's first delivery to a sink, else EVENT_ESCALATED
-    ticket: Mapping[str, Any]
+    ticket: Mapping[str, Any]  # the ticket, or the customer update row
+    kind: str = "ticket"  # or "customer_update"
 
 
 def claim_deliveries(
@@ -415,10 +419,15 @@ def claim_deliveries(
     return claims
 
 
+def _outbox(claim: DeliveryClaim) -> Any:
+    return customer_updates if claim.kind == "customer_update" else deliveries
+
+
 def mark_delivered(conn: Connection, claim: DeliveryClaim, now: datetime) -> None:
+    table = _outbox(claim)
     conn.execute(
-        update(deliveries)
-        .where(deliveries.c.id == claim.id, deliveries.c.status == DELIVERY_PENDING)
+        update(table)
+        .where(table.c.id == claim.id, table.c.status == DELIVERY_PENDING)
         .values(status=DELIVERY_DELIVERED, delivered_at=now, last_error=None)
     )
 
@@ -427,13 +436,14 @@ def mark_delivery_failed(
     conn: Connection, claim: DeliveryClaim, *, error: str, next_attempt_at: datetime, give_up: bool
 ) -> None:
     """A failed attempt: tried again at ``next_attempt_at``, or given up for good."""
+    table = _outbox(claim)
     conn.execute(
-        update(deliveries)
+        update(table)
         # ``attempts`` unchanged since our claim: nobody re-claimed it after the lease.
         .where(
-            deliveries.c.id == claim.id,
-            deliveries.c.status == DELIVERY_PENDING,
-            deliveries.c.attempts == claim.attempts,
+            table.c.id == claim.id,
+            table.c.status == DELIVERY_PENDING,
+            table.c.attempts == claim.attempts,
         )
         .values(
             status=DELIVERY_FAILED if give_up else DELIVERY_PENDING,
@@ -472,3 +482,90 @@ def for_payments(
         out.extend(dict(r) for r in rows)
     out.sort(key=lambda t: (t["status"] != OPEN, -int(t["severity"]), -int(t["id"])))
     return out[:limit]
+
+
+# --------------------------------------------------------------------------- customer updates
+
+
+@dataclass(frozen=True)
+class CustomerChange:
+    """Something a customer may be waiting to hear about, and what to tell them."""
+
+    payment_id: str
+    change: str  # credited | voided | reversed | dispute_opened | refund_after_credit
+    message: str | None
+    amount: int | None
+    currency: str | None
+    ticket_id: int | None = None
+    customer: str | None = None
+    customer_email: str | None = None
+    customer_name: str | None = None
+    balance: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.payment_id}:{self.change}"
+
+
+def queue_customer_update(conn: Connection, change: CustomerChange, now: datetime) -> bool:
+    """Queue a customer.update on the caller's transaction; False when this change was
+    queued before (so it is never sent twice)."""
+    insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
+    result = conn.execute(
+        insert(customer_updates)
+        .values(
+            change_key=change.key[:300],
+            change=change.change,
+            payment_id=change.payment_id,
+            ticket_id=change.ticket_id,
+            customer=change.customer,
+            customer_email=change.customer_email,
+            customer_name=change.customer_name,
+            balance=change.balance,
+            amount=change.amount,
+            currency=change.currency,
+            message=change.message,
+            status=DELIVERY_PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["change_key"])
+    )
+    return bool(result.rowcount)
+
+
+def claim_customer_updates(
+    conn: Connection, *, now: datetime, limit: int, lease_until: datetime
+) -> list[DeliveryClaim]:
+    """Due customer updates, claimed like ticket deliveries (attempt counted, row leased)."""
+    cu = customer_updates.c
+    due = (
+        select(cu.id)
+        .where(cu.status == DELIVERY_PENDING, cu.next_attempt_at <= now)
+        .order_by(cu.next_attempt_at, cu.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = (
+        conn.execute(
+            update(customer_updates)
+            .where(cu.id.in_(due.scalar_subquery()))
+            .values(attempts=cu.attempts + 1, next_attempt_at=lease_until)
+            .returning(*customer_updates.c)
+        )
+        .mappings()
+        .all()
+    )
+    return [
+        DeliveryClaim(
+            id=int(r["id"]),
+            sink=CUSTOMER_UPDATE_SINK,
+            severity=0,
+            attempts=int(r["attempts"]),
+            event=EVENT_CUSTOMER_UPDATE,
+            ticket=dict(r),
+            kind="customer_update",
+        )
+        for r in sorted(rows, key=lambda r: int(r["id"]))
+    ]

@@ -39,9 +39,10 @@ from reconcile.engine import (
     Void,
     act,
     load_adjustments,
+    queue_change,
     to_entry,
 )
-from reconcile.messages import money_text, resolved_state
+from reconcile.messages import PENDING, customer_message, money_text, resolved_state
 from reconcile.model import Payment, TicketKind
 from reconcile.ports import Services
 from reconcile.runs import record_audit
@@ -226,6 +227,27 @@ def _apply(
                 action=action.value,
                 payment=payment,
             )
+        )
+    if svc.customer_updates and op is not None and pid is not None:
+        change = {
+            FixAction.COMMIT: "credited",
+            FixAction.CREDIT: "credited",
+            FixAction.CREATE_RECORD: "credited",
+            FixAction.REVERSE: "reversed",
+            FixAction.VOID: "voided",
+        }[action]
+        queue_change(
+            conn,
+            change,
+            pid,
+            payment,
+            entry,
+            verdict.amount,
+            currency,
+            message or customer_message(PENDING, state, verdict.amount, currency),
+            now,
+            ticket_id=ticket_id,
+            destination_key=svc.policy.destination_key,
         )
     return _Outcome(verdict, before, after, currency, resolved, message)
 

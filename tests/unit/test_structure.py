@@ -27,6 +27,7 @@ OWNERS = {
         "cursors": "reconcile.runs",
         "tickets": "reconcile.tickets",
         "deliveries": "reconcile.tickets",
+        "customer_updates": "reconcile.tickets",
         "locks": "worker.locks",
         "customers": "reconcile.customers",
         "customer_keys": "reconcile.customers",
@@ -34,7 +35,9 @@ OWNERS = {
     },
 }
 # Besides its owner, who may import a table module at all, and what from it.
-READERS = {"reconcile.views": {"inbox", "runs", "audit", "tickets", "deliveries"}}
+READERS = {
+    "reconcile.views": {"inbox", "runs", "audit", "tickets", "deliveries", "customer_updates"}
+}
 REGISTRY = {"worker.schema": {"metadata"}}
 # Importing the names of a table module's MetaData is how the schema is assembled.
 SCHEMA_NAMES = {"metadata"}

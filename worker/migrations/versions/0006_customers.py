@@ -80,6 +80,35 @@ def upgrade() -> None:
         ["customer_id", "created"],
         unique=False,
     )
+    op.create_table(
+        "recon_customer_updates",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("change_key", sa.String(length=300), nullable=False),
+        sa.Column("change", sa.String(length=40), nullable=False),
+        sa.Column("payment_id", sa.String(length=255), nullable=False),
+        sa.Column("ticket_id", sa.Integer(), nullable=True),
+        sa.Column("customer", sa.String(length=255), nullable=True),
+        sa.Column("customer_email", sa.String(length=320), nullable=True),
+        sa.Column("customer_name", sa.String(length=200), nullable=True),
+        sa.Column("balance", sa.String(length=200), nullable=True),
+        sa.Column("amount", sa.BigInteger(), nullable=True),
+        sa.Column("currency", sa.String(length=3), nullable=True),
+        sa.Column("message", sa.Text(), nullable=True),
+        sa.Column("status", sa.String(length=20), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("change_key"),
+    )
+    op.create_index(
+        "ix_recon_customer_updates_due",
+        "recon_customer_updates",
+        ["status", "next_attempt_at"],
+        unique=False,
+    )
     # A customer's recent transactions are read by their balance (reconcile/usecases/customers.py).
     op.create_index(
         "ix_ledger_transactions_destination_created",
@@ -91,6 +120,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_ledger_transactions_destination_created", table_name="ledger_transactions")
+    op.drop_index("ix_recon_customer_updates_due", table_name="recon_customer_updates")
+    op.drop_table("recon_customer_updates")
     op.drop_index("ix_recon_customer_payments_customer", table_name="recon_customer_payments")
     op.drop_table("recon_customer_payments")
     op.drop_index("ix_recon_customer_keys_customer", table_name="recon_customer_keys")
