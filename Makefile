@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench unit integration clean
+.PHONY: demo demo-serve test lint bench unit integration clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m tests.demo
+
+# The demo, then the local Stripe server keeps answering (Ctrl-C stops it) so that every
+# `recon` command can be tried on the demo data.
+demo-serve: $(STAMP)
+	$(BIN)/python -m tests.demo --serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker reconcile ledger tests

@@ -19,14 +19,14 @@ from worker.cli.output import (
     kv,
     print_json,
     say,
+    short_age,
     styled,
     table,
 )
-from worker.durations import format_duration
 
 
 def _ago(seconds: int | None) -> str:
-    return "" if seconds is None else format_duration(timedelta(seconds=seconds))
+    return "" if seconds is None else short_age(timedelta(seconds=seconds))
 
 
 def _show(found: CustomerLookup) -> None:
