@@ -95,7 +95,7 @@ def _name(value: Any) -> str | None:
 
 def name_tokens(name: str) -> list[str]:
     """What a name is found by: each word and the whole name, lower-cased."""
-    low = name.lower()
+    low = " ".join(name.lower().split())
     words = [w for w in low.split() if len(w) <= 100]
     return list(dict.fromkeys([low, *words]))
 
