@@ -70,3 +70,9 @@ def lite(tmp_path: Any, stripe: Any) -> Iterator[tuple[Engine, Invoke]]:
     _fresh_state()
     engine.dispose()
     worker.db.engine_for.cache_clear()
+
+
+@pytest.fixture(params=["pg", "lite"])
+def db(request: pytest.FixtureRequest) -> tuple[Engine, Invoke]:
+    """The same CLI test on PostgreSQL and on a SQLite file."""
+    return request.getfixturevalue(request.param)  # type: ignore[no-any-return]

@@ -291,8 +291,8 @@ def test_replay_fetches_an_unknown_event_from_stripe_and_processes_it(pg, stripe
         (("report", "--since", "week"), 2),
     ],
 )
-def test_bad_input_exits_with_the_documented_code(pg, args, code):
-    engine, invoke = pg
+def test_bad_input_exits_with_the_documented_code(db, args, code):
+    engine, invoke = db
     runs_before = dump(engine, runs)
     result = invoke(*args)
     assert result.exit_code == code, result.output
@@ -300,8 +300,8 @@ def test_bad_input_exits_with_the_documented_code(pg, args, code):
     assert dump(engine, runs) == runs_before  # nothing recorded as done
 
 
-def test_a_filter_refusal_lists_the_valid_values(pg):
-    _, invoke = pg
+def test_a_filter_refusal_lists_the_valid_values(db):
+    _, invoke = db
     kind = invoke("tickets", "--kind", "stuck-payments").stderr
     assert "stuck_payment" in kind and "missing_record" in kind
     job = invoke("runs", "--job", "sweeep").stderr

@@ -8,11 +8,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 
 from reconcile import inbox as inbox_rows
 from reconcile.tables import cursors, tickets
-from tests.integration.conftest import Invoke
 from tests.integration.test_cli import as_json, dump, pi, seed_sweepable, txn
 from tests.support import ago, epoch, now_utc, seed_entry
 from worker.cli import output
@@ -20,11 +19,6 @@ from worker.cli import output
 pytestmark = pytest.mark.integration
 
 NO_NEW_TICKETS = {"RECON_MAX_NEW_TICKETS": "0", "RECON_MAX_TICKET_SHARE": "0"}
-
-
-@pytest.fixture(params=["pg", "lite"])
-def db(request: pytest.FixtureRequest) -> tuple[Engine, Invoke]:
-    return request.getfixturevalue(request.param)
 
 
 @pytest.fixture(autouse=True)

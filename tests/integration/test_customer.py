@@ -19,11 +19,6 @@ pytestmark = pytest.mark.integration
 EMAIL = "praise@example.com"
 
 
-@pytest.fixture(params=["pg", "lite"])
-def db(request: pytest.FixtureRequest) -> tuple[Engine, Invoke]:
-    return request.getfixturevalue(request.param)
-
-
 def seed_praise(engine: Engine, srv: Any) -> None:
     """Praise: a $2,000 top-up stuck in flight, one paid but never recorded, one failed."""
     common = {"currency": "usd", "customer": "cus_praise", "record_events": False}
@@ -253,3 +248,75 @@ def test_the_index_keeps_the_last_known_stripe_state_of_each_payment(db, stripe)
     assert len({r["customer_id"] for r in rows.values()}) == 1
     assert len([t for t in dump(engine, tickets) if t["status"] == "open"]) == 2
     assert transactions is not None
+
+
+def _balance(engine: Engine, name: str) -> int:
+    from ledger.sql import balances
+
+    with engine.connect() as conn:
+        return int(
+            conn.execute(select(balances.c.balance).where(balances.c.name == name)).scalar_one()
+        )
+
+
+@pytest.mark.parametrize(
+    ("status", "entry_status", "extra", "kind", "action", "moved", "wallet_after"),
+    [
+        ("succeeded", "VOID", {}, "paid_but_voided", "credit", 5000, 5000),
+        ("canceled", "APPLIED", {}, "credited_but_failed", "reverse", 5000, 0),
+        (
+            "succeeded",
+            "APPLIED",
+            {"amount_refunded": 2000},
+            "refund_after_credit",
+            "reverse",
+            2000,
+            3000,
+        ),
+    ],
+)
+def test_credit_and_reverse_fix_the_books_and_the_next_pass_finds_them_agreeing(
+    db, stripe, status, entry_status, extra, kind, action, moved, wallet_after
+):
+    engine, invoke = db
+    stripe.state.create_payment_intent(
+        id="pi_fix", amount=5000, currency="usd", status="succeeded" if extra else status,
+        created=epoch(ago(hours=3)), customer="cus_fix", record_events=False,
+    )  # fmt: skip
+    if extra:
+        stripe.state.update_payment_intent("pi_fix", record_events=False, **extra)
+    seed_entry(engine, "pi_fix", 5000, created=ago(hours=3), destination="wallet:fix",
+               status=entry_status)  # fmt: skip
+    assert invoke("payment", "pi_fix").exit_code == 1
+    (ticket,) = [t for t in dump(engine, tickets) if t["status"] == "open"]
+    assert ticket["kind"] == kind
+
+    wrong = "reverse" if action == "credit" else "credit"
+    refused = invoke("tickets", "resolve", str(ticket["id"]), "--action", wrong, "--note", "x")
+    assert refused.exit_code == 1 and "refused" in refused.stderr
+
+    done = invoke(
+        "tickets", "resolve", str(ticket["id"]), "--action", action, "--note", "fixed",
+        "--by", "cx-bob", "--json",
+    )  # fmt: skip
+    assert done.exit_code == 0, done.output
+    out = as_json(done)
+    assert (out["amount"], out["currency"], out["done"]) == (moved, "USD", True)
+    suffix = ":credit" if action == "credit" else ":reversal"
+    adj = txn(engine, "pi_fix" + suffix)
+    assert (adj["status"], adj["amount"], adj["meta"]["recon_adjusts"]) == (
+        "APPLIED",
+        moved,
+        "pi_fix",
+    )
+    assert _balance(engine, "wallet:fix") == wallet_after
+    (row,) = [a for a in dump(engine, audit) if a["actor"] == "cx-bob"]
+    assert (row["action"], row["amount"], row["reason"]) == (action, moved, f"manual:{action}")
+    assert row["evidence"]["stripe"]["found"] is True and row["evidence"]["note"] == "fixed"
+
+    again = invoke("payment", "pi_fix", "--json")
+    assert again.exit_code == 0, again.output  # the books agree: no ticket opened again
+    assert as_json(again)["decision"]["action"] == "matched"
+    assert [t["status"] for t in dump(engine, tickets)] == ["resolved"]
+    twice = invoke("ledger", "check")
+    assert twice.exit_code == 0, twice.output
