@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench unit integration clean
+.PHONY: demo demo-serve test lint bench unit integration clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): pyproject.toml
 # make demo BLNK=1: the books in the Blnk-compatible stand-in (RECON_LEDGER=blnk).
 demo: $(STAMP)
 	$(BIN)/python -m tests.demo $(if $(BLNK),--blnk,)
+
+# The demo, then the local Stripe server keeps answering (Ctrl-C stops it) so that every
+# `recon` command can be tried on the demo data.
+demo-serve: $(STAMP)
+	$(BIN)/python -m tests.demo --serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker reconcile ledger tests

@@ -831,6 +831,35 @@ class BlnkLedger:
             offset += PAGE
         return sorted(seen.values(), key=lambda b: (b.name, b.currency))
 
+    def get_balances(self, names: Sequence[str]) -> Sequence[Balance]:
+        """Named balances by their Blnk id (GET, not POST /balances/filter: balances:write)."""
+        ids = [n for n in dict.fromkeys(names) if n and not n.startswith("@")]
+        out: list[Balance] = []
+        for start in range(0, len(ids), PAGE):
+            chunk = ids[start : start + PAGE]
+            query = "balance_id_in=" + quote(",".join(chunk), safe=",")
+            reply = self.client.call("GET", f"/balances?{query}&limit={PAGE}")
+            for bal in self._expect_list(reply, "GET /balances"):
+                self._learn(bal)
+                out.append(_balance(bal))
+        return sorted(out, key=lambda b: (b.name, b.currency))
+
+    def recent_for_balance(self, balance: str, limit: int = 20) -> Sequence[Transaction]:
+        """A balance's latest transactions, newest first (a customer's wallet history)."""
+        spec = {"field": "destination", "operator": "eq", "value": balance}
+        body = {
+            "filters": [spec],
+            # Commit and void children are records too; ask for enough to fill ``limit``.
+            "limit": min(PAGE, max(1, 3 * limit)),
+            "offset": 0,
+            "sort_by": "created_at",
+            "sort_order": "desc",
+        }
+        reply = self.client.call("POST", "/transactions/filter", body)
+        records = self._expect_list(reply, "POST /transactions/filter")
+        roots = [r for r in records if not r.get("parent_transaction")]
+        return [view.txn for view in self._views(roots)][:limit]
+
     def check_invariants(self) -> list[Violation]:
         """What Blnk can tell: per currency the balances sum to zero (applied and inflight);
         no hold in the lookback window is over-settled or both committed and voided in full."""

@@ -125,6 +125,8 @@ transactions = Table(
         ["ledger_balances.name", "ledger_balances.currency"],
         name="ledger_transactions_destination_fkey",
     ),
+    # A balance's recent transactions (a customer's wallet history); migration 0006.
+    Index("ix_ledger_transactions_destination_created", "destination", "created_at"),
 )
 
 postings = Table(
@@ -600,6 +602,34 @@ class SqlLedger:
             )
             for r in rows
         ]
+
+    def get_balances(self, names: Sequence[str]) -> Sequence[Balance]:
+        wanted = list(dict.fromkeys(names))
+        if not wanted:
+            return []
+        rows = self.conn.execute(
+            select(balances).where(balances.c.name.in_(wanted)).order_by(balances.c.name)
+        ).mappings()
+        return [
+            Balance(
+                name=r["name"],
+                currency=r["currency"],
+                balance=int(r["balance"]),
+                inflight_credit=int(r["inflight_credit"]),
+                inflight_debit=int(r["inflight_debit"]),
+            )
+            for r in rows
+        ]
+
+    def recent_for_balance(self, balance: str, limit: int = 20) -> Sequence[Transaction]:
+        t = transactions
+        rows = self.conn.execute(
+            select(t)
+            .where(t.c.destination == balance)
+            .order_by(t.c.created_at.desc(), t.c.id.desc())
+            .limit(limit)
+        ).mappings()
+        return [_row_to_txn(r) for r in rows]
 
     def check_invariants(self) -> list[Violation]:
         out: list[Violation] = []

@@ -35,6 +35,9 @@ class RunState:
     errors: list[str] = field(default_factory=list)
     cut_short: str | None = None  # why the run stopped early (rate limit, guard, errors)
     resume: dict[str, Any] | None = None
+    # Things the operator should know about how the run was read (a window clamped...).
+    notes: list[str] = field(default_factory=list)
+    guard: str | None = None  # the blast-radius guard's verdict when it stopped the run
 
     @property
     def status(self) -> str:
@@ -48,12 +51,18 @@ class RunResult:
     counts: dict[str, int]
     errors: list[str]
     plan: list[dict[str, Any]] = field(default_factory=list)
+    dry_run: bool = False
+    cut_short: str | None = None
+    guard: str | None = None  # why the blast-radius guard stopped (or would stop) the run
+    notes: list[str] = field(default_factory=list)
 
     @property
     def attention(self) -> bool:
         """True when a person should look: discrepancies remain or the run was not clean."""
-        return self.status != SUCCEEDED or any(
-            self.counts.get(k, 0) for k in ("ticket_opened", "ticket_bumped", "incident")
+        return (
+            self.status != SUCCEEDED
+            or self.guard is not None
+            or any(self.counts.get(k, 0) for k in ("ticket_opened", "ticket_bumped", "incident"))
         )
 
 
@@ -114,16 +123,20 @@ def finish_run(
                 stripe_calls=int((stripe or {}).get("calls", 0)),
                 stripe_rate_limited=int((stripe or {}).get("rate_limited", 0)),
                 finished_at=now,
-                params=_merge_params(conn, state.id, state.cut_short),
+                params=_merge_params(conn, state.id, state.cut_short, state.notes),
             )
         )
     return final
 
 
-def _merge_params(conn: Connection, run_id: int, cut_short: str | None) -> dict[str, Any]:
+def _merge_params(
+    conn: Connection, run_id: int, cut_short: str | None, notes: list[str]
+) -> dict[str, Any]:
     params = dict(conn.execute(select(runs.c.params).where(runs.c.id == run_id)).scalar_one() or {})
     if cut_short:
         params["cut_short"] = cut_short
+    if notes:
+        params["notes"] = list(notes)
     return params
 
 

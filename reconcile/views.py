@@ -17,30 +17,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, RowMapping, desc, func, or_, select
+from sqlalchemy import ColumnElement, Connection, RowMapping, case, desc, func, or_, select
 
 from ledger.errors import InvalidAmount, UnknownCurrency
 from ledger.money import Money
+from reconcile.messages import KIND_GUIDE
 from reconcile.model import Severity, TicketKind
-from reconcile.tables import audit, runs, tickets
+from reconcile.tables import audit, inbox, runs, tickets
 from reconcile.tickets import OPEN
 
-# The fixes a person may try from a ticket of each kind (resolve.ResolveAction values), in
-# the order they are offered.  Each is still checked against Stripe when it runs; this only
-# keeps actions that can never apply to a kind off its page.  "none" closes the ticket with
-# a note and no ledger change.
+# The fixes a person may try from a ticket of each kind, in the order they are offered: the
+# CX guide's table (reconcile/messages.py), so the console and the README never disagree.
+# Each is still checked against Stripe when it runs; "none" closes the ticket with a note.
 FIX_ACTIONS: Mapping[str, tuple[str, ...]] = {
-    TicketKind.STUCK_PAYMENT.value: ("commit", "void", "none"),
-    TicketKind.UNKNOWN_PAYMENT.value: ("void", "none"),
-    TicketKind.MISSING_RECORD.value: ("create-record", "none"),
-    TicketKind.AMOUNT_MISMATCH.value: ("none",),
-    TicketKind.CREDITED_BUT_FAILED.value: ("none",),
-    TicketKind.PAID_BUT_VOIDED.value: ("none",),
-    TicketKind.REFUND_AFTER_CREDIT.value: ("none",),
-    TicketKind.DISPUTE_OPENED.value: ("none",),
-    TicketKind.FRAUD_WARNING.value: ("none",),
-    TicketKind.UNVERIFIABLE_PAYMENT.value: ("commit", "void", "none"),
-    TicketKind.INCIDENT.value: ("none",),
+    kind.value: guide.actions for kind, guide in KIND_GUIDE.items()
 }
 
 KINDS: tuple[str, ...] = tuple(k.value for k in TicketKind)
@@ -486,11 +476,16 @@ def build_report(conn: Connection, since: timedelta, now: datetime) -> dict[str,
             stuck.append({"ticket_id": row["id"], "payment_id": row["payment_id"], "age": age})
     calls = limited = 0
     by_status: Counter[str] = Counter()
-    for status, c, rl in conn.execute(
-        select(runs.c.status, runs.c.stripe_calls, runs.c.stripe_rate_limited).where(
-            runs.c.started_at >= start
-        )
+    # Dry runs changed nothing: they are not part of how the pipeline did.
+    dry_runs = 0
+    for status, c, rl, dry in conn.execute(
+        select(
+            runs.c.status, runs.c.stripe_calls, runs.c.stripe_rate_limited, runs.c.dry_run
+        ).where(runs.c.started_at >= start)
     ):
+        if dry:
+            dry_runs += 1
+            continue
         by_status[status] += 1
         calls += int(c or 0)
         limited += int(rl or 0)
@@ -510,5 +505,49 @@ def build_report(conn: Connection, since: timedelta, now: datetime) -> dict[str,
         "stripe_calls": calls,
         "stripe_rate_limited": limited,
         "runs_by_status": dict(by_status),
+        "dry_runs_left_out": dry_runs,
         "recurring_issues": recurring,
     }
+
+
+INBOX_STATUSES = ("failed", "pending", "processed", "ignored")
+
+
+def list_inbox(
+    conn: Connection, *, status: str | None = None, limit: int = 50
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Stored Stripe events, failing first (then pending, oldest first; then the latest
+    processed), and how many there are of each status."""
+    order = case(
+        (inbox.c.status == "failed", 0),
+        (inbox.c.status == "pending", 1),
+        else_=2,
+    )
+    q = (
+        select(
+            inbox.c.event_id,
+            inbox.c.type,
+            inbox.c.payment_id,
+            inbox.c.status,
+            inbox.c.attempts,
+            inbox.c.last_error,
+            inbox.c.source,
+            inbox.c.received_at,
+            inbox.c.processed_at,
+            inbox.c.event_created,
+        )
+        .order_by(
+            order,
+            case((inbox.c.status.in_(("failed", "pending")), inbox.c.received_at)),
+            desc(inbox.c.received_at),
+        )
+        .limit(limit)
+    )
+    if status:
+        q = q.where(inbox.c.status == status)
+    rows = [dict(r) for r in conn.execute(q).mappings()]
+    totals = {
+        str(st): int(n)
+        for st, n in conn.execute(select(inbox.c.status, func.count()).group_by(inbox.c.status))
+    }
+    return rows, totals

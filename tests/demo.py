@@ -6,9 +6,17 @@ delivers some as signed webhooks to the running intake (a few twice, some out of
 lets sweep, catch-up and the missing-record scan find the rest, and prints the report and
 the open tickets.
 
+It also seeds Praise (praise@example.com), who asks why his wallet has not updated: a
+$2,000 top-up stuck in flight, one paid but never recorded, and one that failed minutes
+ago, so that `recon customer praise@example.com` has something to answer.
+
 ``--blnk`` (``make demo BLNK=1``): the books are in Blnk instead (the Blnk-compatible
 stand-in from tests/blnk_server, ``RECON_LEDGER=blnk``): the application's holds and
 wallets are created there, and every commit, void and create goes through Blnk's API.
+
+``--serve`` (``make demo-serve``) keeps the local Stripe server answering on a fixed port
+after the demo, so every `recon` command can be tried on the demo data; it prints the
+environment to use and waits for Ctrl-C.
 """
 
 from __future__ import annotations
@@ -39,6 +47,64 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+SERVE_PORT = int(os.environ.get("RECON_DEMO_STRIPE_PORT", "12111"))
+PRAISE = "praise@example.com"
+
+
+def seed_praise(state: Any, record: Any, wallet: Any, now: datetime) -> None:
+    """Praise's three top-ups: stuck in flight, paid but unrecorded, failed just now."""
+    from tests.support import epoch
+
+    who = {"customer": "cus_praise", "receipt_email": PRAISE}
+    meta = {"customer_email": PRAISE, "customer_name": "Praise Okafor"}
+    stuck_at = now - timedelta(hours=8)  # past the demo's 6h SLA: a stuck_payment ticket
+    state.create_payment_intent(
+        id="pi_praise_stuck", amount=200_000, currency="usd", status="requires_payment_method",
+        created=epoch(stuck_at), **who,
+    )  # fmt: skip
+    state.update_payment_intent("pi_praise_stuck", status="processing", at=epoch(stuck_at) + 30)
+    record("pi_praise_stuck", 200_000, created=stuck_at,
+           destination=wallet("praise"), metadata=meta)  # fmt: skip
+    state.create_payment_intent(
+        id="pi_praise_unrecorded", amount=2_500, currency="usd", status="succeeded",
+        created=epoch(now - timedelta(hours=4)), metadata={"ledger_destination": wallet("praise")},
+        **who,
+    )  # fmt: skip
+    failed_at = now - timedelta(minutes=25)  # within the 1h grace: the customer may retry
+    state.create_payment_intent(
+        id="pi_praise_failed", amount=7_500, currency="usd", status="requires_payment_method",
+        created=epoch(failed_at), **who,
+    )  # fmt: skip
+    state.update_payment_intent(
+        "pi_praise_failed", last_payment_error="card_declined", at=epoch(failed_at) + 20
+    )
+    record("pi_praise_failed", 7_500, created=failed_at,
+           destination=wallet("praise"), metadata=meta)  # fmt: skip
+
+
+def seed_more_kinds(state: Any, record: Any, wallet: Any, now: datetime) -> list[str]:
+    """A paid payment whose hold was voided and a credited one that was then canceled, so
+    that every fix (credit, reverse) has a ticket to try it on."""
+    from tests.support import epoch
+
+    created = now - timedelta(hours=5)
+    state.create_payment_intent(
+        id="pi_demo_paid_voided", amount=3_000, currency="usd", status="succeeded",
+        created=epoch(created), customer="cus_demo_pv",
+    )  # fmt: skip
+    record("pi_demo_paid_voided", 3_000, created=created,
+           destination=wallet("cus_demo_pv"), status="VOID")  # fmt: skip
+    state.create_payment_intent(
+        id="pi_demo_credited_failed", amount=4_000, currency="usd", status="processing",
+        created=epoch(created), customer="cus_demo_cf",
+    )  # fmt: skip
+    record("pi_demo_credited_failed", 4_000, created=created,
+           destination=wallet("cus_demo_cf"), status="APPLIED")  # fmt: skip
+    # Canceled after the wallet was credited: only the Events API tells the service.
+    state.update_payment_intent("pi_demo_credited_failed", status="canceled")
+    return ["pi_demo_paid_voided", "pi_demo_credited_failed"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.demo", description=__doc__)
     parser.add_argument(
@@ -46,11 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the books in the Blnk stand-in (RECON_LEDGER=blnk)",
     )
+    parser.add_argument(
+        "--serve", action="store_true", help="keep the local Stripe server answering afterwards"
+    )
     args = parser.parse_args(argv)
+    serve = args.serve
     started = time.monotonic()
     from tests.stripe_server import run_server, signed_webhook
 
-    stripe_srv = run_server()
+    stripe_srv = run_server(port=SERVE_PORT) if serve else run_server()
     srv = stripe_srv.__enter__()
     blnk = None
     if args.blnk:
@@ -94,11 +164,22 @@ def main(argv: list[str] | None = None) -> int:
     from worker.wiring import services
 
     say(f"database {DB_FILE} (SQLite), Stripe-compatible server at {srv.url}")
-    if blnk is not None:
-        say(f"the books are in Blnk: the Blnk-compatible server at {blnk.url}")
     upgrade(env["RECON_DATABASE_URL"])
     settings = get_settings()
     engine = engine_for(settings.database_url)
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    threading.Thread(target=server.run, daemon=True).start()
+    while not server.started:
+        time.sleep(0.02)
+    intake = f"http://127.0.0.1:{port}/webhooks/stripe"
+    say(f"webhook intake listening on {intake}")
+    if blnk is not None:
+        say(f"the books are in Blnk: the Blnk-compatible server at {blnk.url}")
+
     wallets: dict[str, str] = {}
 
     def wallet(name: str, currency: str = "USD") -> str:
@@ -115,16 +196,6 @@ def main(argv: list[str] | None = None) -> int:
             seed_entry(engine, pid, amount, currency, **kw)
         else:
             seed_blnk_entry(blnk.state, pid, amount, currency, **kw)
-
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.02)
-    intake = f"http://127.0.0.1:{port}/webhooks/stripe"
-    say(f"webhook intake listening on {intake}")
 
     # -- a day of top-ups ---------------------------------------------------------------
     rng = random.Random(7)
@@ -217,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
                 ch = state.update_payment_intent(pid, status="requires_action")
         webhooks.extend(ch.events)
     state.update_payment_intent("pi_demo_unrecorded", status="succeeded")
+    seed_praise(state, record, wallet, now)
+    seed_more_kinds(state, record, wallet, now)
 
     # -- webhooks: about two thirds delivered, some twice, shuffled ----------------------
     delivered = [e for e in webhooks if rng.random() < 0.65]
@@ -289,26 +362,54 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     server.should_exit = True
-    stripe_srv.__exit__(None, None, None)
 
     cli_env = {**os.environ, **env, "COLUMNS": "160"}
     recon = [sys.executable, "-c", "from worker.cli import main; main()"]
-    for title, args in (
+    for title, cmd in (
         ("recon ledger balances", ["ledger", "balances"]),
         ("recon report --since 2d", ["report", "--since", "2d"]),
         ("recon tickets", ["tickets"]),
         ("recon runs", ["runs"]),
+        (f"recon customer {PRAISE}", ["customer", PRAISE]),
     ):
         say(title)
-        subprocess.run([*recon, *args], env=cli_env, check=False)  # noqa: S603
-    if blnk is not None:
-        blnk.stop()
+        subprocess.run([*recon, *cmd], env=cli_env, check=False)  # noqa: S603
     say(f"demo finished in {time.monotonic() - started:.1f}s")
     print(
-        f"The demo database is {DB_FILE}; try `.venv/bin/recon tickets show 1`, "
-        "`.venv/bin/recon runs show 1` or `.venv/bin/recon ledger show pi_demo000`"
-        + (" (the Blnk stand-in has stopped: ledger reads need it)." if blnk else ".")
+        f"The demo database is {DB_FILE}; `.venv/bin/recon tickets show 1`, `recon runs show 1`, "
+        "`recon ledger show pi_demo000` and the other read-only commands work on it as is."
     )
+    if blnk is not None and not serve:
+        blnk.stop()
+    if not serve:
+        stripe_srv.__exit__(None, None, None)
+        print(
+            "Commands that read Stripe (recon customer --refresh, tickets resolve, payment, "
+            "sweep...) need the local Stripe server: run `make demo-serve` instead, which "
+            "keeps it answering and prints the environment to use."
+        )
+        return 0
+    print(
+        "\nThe local Stripe server keeps answering until you press Ctrl-C. In another "
+        "terminal:\n\n"
+        f"  export RECON_DATABASE_URL=sqlite:///{DB_FILE.resolve()}\n"
+        f"  export RECON_STRIPE_API_BASE={srv.url} STRIPE_API_KEY={srv.api_key}\n"
+        "  export RECON_PROCESSING_SLA=6h RECON_FAILED_GRACE=1h\n"
+        f"  .venv/bin/recon customer {PRAISE}\n"
+        "  # Stripe settles the stuck top-up; --refresh credits it:\n"
+        f"  curl -s -X POST {srv.url}/_test/payment_intents/pi_praise_stuck "
+        "-H 'content-type: application/json' -d '{\"status\": \"succeeded\"}' >/dev/null\n"
+        f"  .venv/bin/recon customer {PRAISE} --refresh\n"
+        "  .venv/bin/recon tickets   # then: recon tickets resolve ID --action ... --note ...\n",
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stripe_srv.__exit__(None, None, None)
     return 0
 
 

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
         SecretStr(""), validation_alias=_env("RECON_TICKET_WEBHOOK_SECRET")
     )
     slack_webhook_url: str | None = Field(None, validation_alias=_env("RECON_SLACK_WEBHOOK_URL"))
+    # Signed customer.update messages to the ticket webhook sink, so the application can
+    # tell a customer their top-up went through (or did not) before they ask.
+    customer_updates: bool = Field(False, validation_alias=_env("RECON_CUSTOMER_UPDATES"))
 
     sweep_interval: Duration = Field(
         timedelta(minutes=5), validation_alias=_env("RECON_SWEEP_INTERVAL")

@@ -66,6 +66,11 @@ def ledger_factory(settings: Settings) -> Callable[[Connection], Ledger]:
 
 def build_services(settings: Settings) -> Services:
     ledger_for = ledger_factory(settings)
+    if settings.customer_updates and not settings.ticket_webhook_url:
+        raise ConfigError(
+            "RECON_CUSTOMER_UPDATES is on but RECON_TICKET_WEBHOOK_URL is not set: "
+            "customer.update messages go to the ticket webhook sink"
+        )
     engine = engine_for(settings.database_url)
     limiter: RateLimiter = make_rate_limiter(settings.redis_url, settings.stripe_global_rate)
     endpoints = EndpointLimiters(settings.redis_url, settings.stripe_endpoint_rate_limit)
@@ -95,6 +100,7 @@ def build_services(settings: Settings) -> Services:
             max_ticket_share=settings.max_ticket_share,
         ),
         sinks=sinks_of(settings),
+        customer_updates=settings.customer_updates,
         dashboard_base=settings.dashboard_base,
         sweep_min_age=settings.sweep_min_age,
         sweep_batch=settings.sweep_batch,

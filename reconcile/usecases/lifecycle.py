@@ -29,6 +29,10 @@ def end(svc: Services, state: RunState, gateway: StripeGateway | None, p: Pass |
         counts=dict(state.counts),
         errors=list(state.errors),
         plan=p.plan() if p else [],
+        dry_run=state.dry_run,
+        cut_short=state.cut_short,
+        guard=state.guard,
+        notes=list(state.notes),
     )
 
 
@@ -48,6 +52,7 @@ def cut_short(state: RunState, p: Pass, job: str, exc: Exception) -> None:
     """Record why a run stopped early; the guard's reason also becomes an incident ticket."""
     if isinstance(exc, GuardTripped):
         state.cut_short = f"blast-radius guard: {exc.why}"
+        state.guard = exc.why
         p.open_incident(job, exc.why)
     else:
         source = "ledger" if isinstance(exc, TransientError) else "stripe"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner, Result
 
 import worker.db
 from tests.blnk_server import RunningBlnk, run_server
-from tests.integration.test_cli import _fresh_state
+from tests.integration.conftest import _fresh_state
 from worker.cli import app
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ def blnk() -> Iterator[RunningBlnk]:
 
 
 @pytest.fixture
-def recon(tmp_path: Any, blnk: RunningBlnk) -> Iterator[Any]:
+def recon(tmp_path: Any, blnk: RunningBlnk, stripe: Any) -> Iterator[Any]:
     url = f"sqlite:///{tmp_path / 'recon.db'}"
     worker.db.upgrade(url)
     env = {
@@ -32,6 +32,8 @@ def recon(tmp_path: Any, blnk: RunningBlnk) -> Iterator[Any]:
         "RECON_LEDGER": "blnk",
         "BLNK_URL": blnk.url,
         "BLNK_API_KEY": blnk.api_key,
+        "STRIPE_API_KEY": stripe.api_key,
+        "RECON_STRIPE_API_BASE": stripe.url,
     }
 
     def invoke(*args: str, **extra: str) -> Result:
@@ -55,7 +57,9 @@ def test_blnk_without_its_url_or_key_is_a_one_line_configuration_error(recon):
     assert len(missing_url.output.strip().splitlines()) == 1
 
 
-def test_the_ledger_commands_create_show_commit_list_balances_and_check_on_blnk(recon, blnk):
+def test_the_ledger_commands_create_show_commit_list_balances_and_check_on_blnk(
+    recon, blnk, stripe
+):
     wallet = blnk.state.create_balance("USD").balance_id
     rehearsed = recon("ledger", "inflight", "pi_1", "5000", "USD", "@stripe", wallet, "--dry-run")
     assert rehearsed.exit_code == 0, rehearsed.output
@@ -65,40 +69,38 @@ def test_the_ledger_commands_create_show_commit_list_balances_and_check_on_blnk(
     assert json.loads(created.stdout)["status"] == "INFLIGHT"
     body = blnk.requests("POST", "/transactions")[0].body
     assert (body["precise_amount"], body["precision"], "amount" in body) == (5000, 100, False)
-    committed = recon("ledger", "commit", "pi_1", "--amount", "2000", "--json")
-    assert json.loads(committed.stdout)["committed_amount"] == 2000
-    shown = json.loads(recon("ledger", "show", "pi_1", "--json").stdout)
-    assert (shown["status"], shown["committed_amount"], shown["source"]) == (
-        "INFLIGHT",
-        2000,
-        "@stripe",
+    recon("ledger", "inflight", "pi_2", "3000", "USD", "@stripe", wallet, "--json")
+    # The checked fixes: Stripe says pi_1 received 2,000 of 5,000 and pi_2 was canceled.
+    stripe.state.create_payment_intent(
+        id="pi_1", amount=5000, amount_received=2000, currency="usd", status="succeeded"
     )
+    stripe.state.create_payment_intent(id="pi_2", amount=3000, currency="usd", status="canceled")
+    committed = recon("ledger", "commit", "pi_1", "--note", "cx: settled", "--by", "ada", "--json")
+    assert committed.exit_code == 0, committed.output
+    shown = json.loads(recon("ledger", "show", "pi_1", "--json").stdout)
+    assert (shown["committed_amount"], shown["source"]) == (2000, "@stripe")
     listed = json.loads(recon("ledger", "list", "--json").stdout)
-    assert [t["reference"] for t in listed] == ["pi_1"]
+    assert sorted(t["reference"] for t in listed) == ["pi_1", "pi_2"]
     bals = {
         (b["name"], b["currency"]): b
         for b in json.loads(recon("ledger", "balances", "--json").stdout)
     }
     assert bals[("@stripe", "USD")]["balance"] == -2000
-    assert bals[(wallet, "USD")]["inflight_credit"] == 3000
+    assert bals[(wallet, "USD")]["inflight_credit"] == 6000
     table = recon("ledger", "balances")
     assert "@stripe" in table.output and "USD" in table.output
     check = recon("ledger", "check")
     assert check.exit_code == 0 and "invariants hold" in check.output
     puts = len(blnk.requests("PUT"))
-    rehearsed_void = json.loads(recon("ledger", "void", "pi_1", "--dry-run", "--json").stdout)
-    assert (rehearsed_void["voided_amount"], rehearsed_void["dry_run"]) == (3000, True)
-    assert len(blnk.requests("PUT")) == puts
-    voided = json.loads(recon("ledger", "void", "pi_1", "--json").stdout)
-    assert (voided["status"], voided["committed_amount"], voided["voided_amount"]) == (
-        "APPLIED",
-        2000,
-        3000,
-    )
+    rehearsed_void = recon("ledger", "void", "pi_2", "--note", "canceled", "--dry-run", "--json")
+    assert rehearsed_void.exit_code == 0, rehearsed_void.output
+    assert len(blnk.requests("PUT")) == puts  # a rehearsal sends no write to Blnk
+    voided = recon("ledger", "void", "pi_2", "--note", "canceled", "--json")
+    assert voided.exit_code == 0, voided.output
+    assert json.loads(recon("ledger", "show", "pi_2", "--json").stdout)["status"] == "VOID"
     assert blnk.requests("PUT")[-1].body == {"status": "void", "skip_queue": True}
-    again = recon("ledger", "commit", "pi_1")
-    assert again.exit_code == 1 and "AlreadyVoided" not in again.output
-    assert "voided" in again.output
+    refused = recon("ledger", "void", "pi_1", "--note", "no")
+    assert refused.exit_code == 1 and "refused" in refused.output
     assert all(r.header("X-Blnk-Key") == blnk.api_key for r in blnk.requests())
 
 

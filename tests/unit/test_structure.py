@@ -27,11 +27,17 @@ OWNERS = {
         "cursors": "reconcile.runs",
         "tickets": "reconcile.tickets",
         "deliveries": "reconcile.tickets",
+        "customer_updates": "reconcile.tickets",
         "locks": "worker.locks",
+        "customers": "reconcile.customers",
+        "customer_keys": "reconcile.customers",
+        "customer_payments": "reconcile.customers",
     },
 }
 # Besides its owner, who may import a table module at all, and what from it.
-READERS = {"reconcile.views": {"inbox", "runs", "audit", "tickets", "deliveries"}}
+READERS = {
+    "reconcile.views": {"inbox", "runs", "audit", "tickets", "deliveries", "customer_updates"}
+}
 REGISTRY = {"worker.schema": {"metadata"}}
 # Importing the names of a table module's MetaData is how the schema is assembled.
 SCHEMA_NAMES = {"metadata"}

@@ -90,6 +90,16 @@ ACTIONS: Mapping[str, tuple[str, str]] = {
         "Credits the wallet with what Stripe received as a new entry, if Stripe says the "
         "payment succeeded and the ledger has nothing for it.",
     ),
+    "credit": (
+        "Credit the customer",
+        "Posts a new credit to the wallet for what Stripe kept (received less refunds), if "
+        "Stripe says the payment succeeded and the hold was voided.",
+    ),
+    "reverse": (
+        "Reverse the credit",
+        "Takes back from the wallet what was credited for a payment that failed, or the "
+        "refunded part of one that was refunded; never more than was credited.",
+    ),
     "none": (
         "Close without a ledger change",
         "Closes the ticket with your note. The ledger is not changed.",
