@@ -133,3 +133,42 @@ def snapshot(engine: Engine) -> dict[str, list[dict[str, Any]]]:
         ):
             out[name] = [dict(r) for r in conn.execute(select(table).order_by(key)).mappings()]
     return out
+
+
+PRAISE = "praise@example.com"
+
+
+def praise_with_three_payments(
+    engine: Engine, stripe: Any, *, name: str = "Praise Okafor", email: str = PRAISE
+) -> dict[str, int]:
+    """Praise as the pipeline leaves him: a $2,000 top-up stuck in flight (ticketed), one
+    paid but never recorded (ticketed), one that failed minutes ago (within the grace: no
+    ticket).  The index learns who he is from the passes.  Ticket ids by payment."""
+    common = {"currency": "usd", "customer": "cus_praise", "record_events": False}
+    meta = {"customer_email": email, "customer_name": name}
+    stripe.state.create_payment_intent(
+        id="pi_praise_stuck", amount=200_000, status="processing",
+        created=epoch(ago(hours=8)), **common,
+    )  # fmt: skip
+    seed_entry(engine, "pi_praise_stuck", 200_000, created=ago(hours=8),
+               destination="wallet:praise", metadata=meta)  # fmt: skip
+    stripe.state.create_payment_intent(
+        id="pi_praise_unrecorded", amount=2_500, status="succeeded",
+        created=epoch(ago(hours=4)), metadata={"ledger_destination": "wallet:praise"}, **common,
+    )  # fmt: skip
+    stripe.state.create_payment_intent(
+        id="pi_praise_failed", amount=7_500, status="requires_payment_method",
+        last_payment_error="card_declined", created=epoch(ago(minutes=25)), **common,
+    )  # fmt: skip
+    seed_entry(engine, "pi_praise_failed", 7_500, created=ago(minutes=25),
+               destination="wallet:praise", metadata=meta)  # fmt: skip
+    svc = make_services(
+        engine, stripe.url, stripe.api_key, policy=Policy(processing_sla=timedelta(hours=6))
+    )
+    for pid in ("pi_praise_stuck", "pi_praise_unrecorded", "pi_praise_failed"):
+        reconcile_payment(svc, pid, actor="system")
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(tickets.c.payment_id, tickets.c.id).where(tickets.c.status == "open")
+        ).all()
+    return {str(pid): int(tid) for pid, tid in rows}

@@ -5,7 +5,8 @@ without calling Stripe: the customer's balances, their recent transactions newes
 (INFLIGHT ones with the last known Stripe state and their age), open and recent tickets,
 and one line per pending payment saying what to tell the customer and what to do next.
 ``refresh=True`` re-reads Stripe for the pending payments and reconciles them through the
-normal pipeline (recorded as a ``customer_refresh`` run), then answers again.
+normal pipeline (recorded as a ``customer_refresh`` run), then answers again, keeping the
+view from before so that :meth:`CustomerLookup.changes` can say what the refresh changed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "Candidate",
     "CustomerLookup",
     "CustomerView",
+    "PaymentChange",
     "PendingLine",
     "lookup_customer",
 ]
@@ -127,15 +129,50 @@ class CustomerView:
 
 
 @dataclass(frozen=True)
+class PaymentChange:
+    """One payment that was pending before a refresh: where it stood, where it stands now."""
+
+    payment_id: str
+    formatted: str | None
+    ledger_before: str | None  # None: no ledger record
+    ledger_after: str | None
+    stripe_before: str | None  # None: never read
+    stripe_after: str | None
+    message_before: str | None
+    message_after: str | None
+    ticket_id: int | None
+    ticket_status_before: str | None
+    ticket_status_after: str | None
+
+    @property
+    def changed(self) -> bool:
+        return (self.ledger_before, self.stripe_before, self.ticket_status_before) != (
+            self.ledger_after,
+            self.stripe_after,
+            self.ticket_status_after,
+        )
+
+
+@dataclass(frozen=True)
 class CustomerLookup:
     query: str
     matched_by: str  # email | name | payment | stripe customer | balance
     customer: CustomerView | None
     candidates: list[Candidate] = field(default_factory=list)
     refresh: RunResult | None = None
+    before: CustomerView | None = None  # with refresh: the view before Stripe was re-read
+
+    def changes(self) -> list[PaymentChange]:
+        """What the refresh did to each payment that was pending before it (empty without a
+        refresh)."""
+        if self.before is None or self.customer is None:
+            return []
+        return [_change(p, self.customer) for p in self.before.pending]
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        del out["before"]
+        out["changes"] = [asdict(c) | {"changed": c.changed} for c in self.changes()]
         if self.refresh is not None:
             r = self.refresh
             out["refresh"] = {
@@ -158,6 +195,7 @@ def lookup_customer(
     actor: str = "system",
     dry_run: bool = False,
     limit: int = 20,
+    trigger: str = "cli",
 ) -> CustomerLookup:
     """One customer (or the candidates) for an email, name, Stripe customer id, ledger
     balance id or PaymentIntent id.  NotFound when nothing matches."""
@@ -175,12 +213,56 @@ def lookup_customer(
         if len(ids) > 1:
             return CustomerLookup(q, matched_by, None, _candidates(conn, ids))
         view = _view(svc, conn, ids[0], limit)
-    result: RunResult | None = None
-    if refresh:
-        result = _refresh(svc, [p.payment_id for p in view.pending], gateway, actor, dry_run)
-        with svc.engine.connect() as conn:
-            view = _view(svc, conn, ids[0], limit)
-    return CustomerLookup(q, matched_by, view, refresh=result)
+    if not refresh:
+        return CustomerLookup(q, matched_by, view)
+    before = view
+    result = _refresh(svc, [p.payment_id for p in view.pending], gateway, actor, dry_run, trigger)
+    with svc.engine.connect() as conn:
+        view = _view(svc, conn, ids[0], limit)
+    return CustomerLookup(q, matched_by, view, refresh=result, before=before)
+
+
+def _change(p: PendingLine, after: CustomerView) -> PaymentChange:
+    now_pending = next((x for x in after.pending if x.payment_id == p.payment_id), None)
+    txn = next(
+        (t for t in after.transactions if t.payment_id == p.payment_id and t.kind == "top-up"),
+        None,
+    )
+    ticket = next((t for t in after.tickets if t.id == p.ticket_id), None)
+    if now_pending is not None:
+        ledger, stripe, message = (
+            now_pending.ledger_status,
+            now_pending.stripe_status,
+            now_pending.message,
+        )
+    else:
+        ledger = txn.status if txn is not None else p.ledger_status
+        stripe = txn.stripe_status if txn is not None else p.stripe_status
+        message = None
+        if ticket is not None and ticket.status != tickets.OPEN:
+            message = ticket.customer_message
+        if message is None and ledger in _SETTLED:
+            message = customer_message(PENDING, _SETTLED[ledger], p.amount, p.currency)
+    return PaymentChange(
+        payment_id=p.payment_id,
+        formatted=p.formatted,
+        ledger_before=p.ledger_status,
+        ledger_after=ledger,
+        stripe_before=p.stripe_status,
+        stripe_after=stripe,
+        message_before=p.message,
+        message_after=message,
+        ticket_id=p.ticket_id,
+        ticket_status_before=tickets.OPEN if p.ticket_id is not None else None,
+        ticket_status_after=ticket.status if ticket is not None else None,
+    )
+
+
+# What a settled ledger entry means to the customer.
+_SETTLED = {
+    TxnStatus.APPLIED.value: CustomerState.CREDITED,
+    TxnStatus.VOID.value: CustomerState.VOIDED,
+}
 
 
 def _by_ledger_entry(svc: Services, conn: Connection, payment_id: str) -> list[int]:
@@ -435,13 +517,14 @@ def _refresh(
     gateway: StripeGateway | None,
     actor: str,
     dry_run: bool,
+    trigger: str,
 ) -> RunResult:
     """Re-read Stripe for these payments and reconcile them, as one recorded run."""
     gw = gateway or svc.new_gateway()
     state = begin(
         svc,
         "customer_refresh",
-        "cli",
+        trigger,
         actor,
         dry_run,
         params={"payments": list(payment_ids)[:100]},

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import Engine, select
@@ -17,18 +18,20 @@ from starlette.testclient import TestClient
 import worker.db
 from ledger.sql import transactions
 from reconcile.tables import audit, tickets
+from reconcile.usecases import reconcile_payment
 from tests.console_support import (
     PASSWORD,
     Clock,
     add_operator,
     console_settings,
+    praise_with_three_payments,
     seed_ticket,
     session_cookie,
     snapshot,
     stuck_ticket_that_stripe_now_says_succeeded,
 )
 from tests.stripe_server import run_server
-from tests.support import make_services
+from tests.support import ago, epoch, make_services, seed_entry
 from worker import operators as ops
 from worker.console import ConsoleConfigError, create_app
 from worker.schema import all_metadata
@@ -133,10 +136,20 @@ SIGNED_OUT_GETS = [
     "/tickets",
     "/tickets/1",
     "/search?q=pi_seeded",
+    "/customers/praise%40example.com",
     "/no/such/page",
     "/tickets?kind=x",
 ]
-SIGNED_OUT_POSTS = ["/logout", "/tickets/1/plan", "/tickets/1/resolve", "/tickets", "/no/such"]
+SIGNED_OUT_POSTS = [
+    "/logout",
+    "/tickets/1/plan",
+    "/tickets/1/resolve",
+    "/tickets",
+    "/no/such",
+    "/customers/praise%40example.com/refresh",
+    "/payments/pi_seeded/plan",
+    "/payments/pi_seeded/resolve",
+]
 
 
 @pytest.mark.parametrize("path", SIGNED_OUT_GETS)
@@ -924,3 +937,220 @@ def test_when_stripe_cannot_be_read_the_fix_says_so_and_changes_nothing(fixing_l
     assert r.status_code == 502 and "Stripe could not be read" in r.text
     assert stripe.api_key not in r.text
     assert snapshot(h.engine) == before
+
+
+# -- the customer page --------------------------------------------------------------------
+
+
+def test_the_customer_page_shows_balances_transactions_both_states_tickets_and_what_to_say(
+    fixing, stripe
+):
+    h = fixing
+    ids = praise_with_three_payments(h.engine, stripe)
+    h.sign_in_as(add_operator(h.engine, "alice"))
+    r = h.client.get("/customers/praise%40example.com")
+    assert r.status_code == 200, r.text
+    page = r.text
+    for text in (
+        "Praise Okafor",
+        "cus_praise",
+        "wallet:praise",
+        "0.00 USD",  # available
+        "2,075.00 USD",  # on hold: the stuck and the failed top-up
+        "Pending payments (3)",
+        "Refresh from Stripe",
+        "Copy the message",
+    ):
+        assert text in page, text
+
+    def block(pid: str) -> str:
+        return page.split(f'data-payment="{pid}"')[1].split("</article>")[0]
+
+    stuck = block("pi_praise_stuck")
+    assert "2,000.00 USD" in stuck and "INFLIGHT" in stuck and "processing" in stuck
+    assert "started 8h ago" in stuck and "confirmed by your bank" in stuck
+    assert f'href="/tickets/{ids["pi_praise_stuck"]}"' in stuck
+    unrecorded = block("pi_praise_unrecorded")
+    assert "no record" in unrecorded and "succeeded" in unrecorded
+    assert f'href="/tickets/{ids["pi_praise_unrecorded"]}"' in unrecorded
+    failed = block("pi_praise_failed")
+    assert "requires_payment_method" in failed and "did not go through" in failed
+    assert 'action="/payments/pi_praise_failed/plan"' in failed  # the early void
+    assert 'data-action="void"' in failed and 'data-action="commit"' not in failed
+    # Transactions newest first, tickets with their kind and message.
+    txns = re.findall(r'<tr data-txn="([^"]+)"', page)
+    assert txns == ["pi_praise_failed", "pi_praise_stuck"]
+    assert sorted(int(t) for t in re.findall(r'<tr data-ticket="(\d+)"', page)) == sorted(
+        ids.values()
+    )
+    # The same customer by every key, and from the ticket page.
+    for key in ("cus_praise", "wallet%3Apraise", "pi_praise_stuck", "PRAISE%40example.com"):
+        assert "Praise Okafor" in h.client.get(f"/customers/{key}").text, key
+    ticket = h.client.get(f"/tickets/{ids['pi_praise_stuck']}").text
+    assert 'href="/customers/cus_praise" data-testid="customer-link"' in ticket
+
+
+def test_search_opens_the_one_customer_that_matches_and_lists_candidates_when_several(
+    fixing, stripe
+):
+    h = fixing
+    praise_with_three_payments(h.engine, stripe)
+    for n, name in enumerate(("Praise Adeyemi", "Praise Bello")):
+        pid = f"pi_other_{n}"
+        stripe.state.create_payment_intent(
+            id=pid, amount=1000, currency="usd", status="processing",
+            created=epoch(ago(minutes=5)), customer=f"cus_other{n}", record_events=False,
+        )  # fmt: skip
+        seed_entry(h.engine, pid, 1000, created=ago(minutes=5),
+                   destination=f"wallet:other{n}", metadata={"customer_name": name})  # fmt: skip
+        reconcile_payment(make_services(h.engine, stripe.url, stripe.api_key), pid)
+    h.sign_in_as(add_operator(h.engine, "alice"))
+    for q in (
+        "praise@example.com",
+        "Praise@Example.com",
+        "okafor",
+        "cus_praise",
+        "pi_praise_stuck",
+    ):
+        r = h.client.get("/search", params={"q": q})
+        assert r.status_code == 303, q
+        assert r.headers["location"] == "/customers/praise%40example.com", q
+    several = h.client.get("/search", params={"q": "praise"})
+    assert several.status_code == 200
+    assert "3 customers match" in several.text
+    for href in ('href="/customers/praise%40example.com"', 'href="/customers/cus_other0"'):
+        assert href in several.text
+    none = h.client.get("/search", params={"q": "nobody@example.com"})
+    assert none.status_code == 200 and "No customer matches" in none.text
+    assert h.client.get("/customers/nobody%40example.com").status_code == 404
+    assert h.client.get("/customers/" + "x" * 201).status_code == 400
+    assert h.client.get("/customers/praise").status_code == 200  # the candidates
+
+
+def test_refresh_rereads_stripe_shows_what_changed_and_its_audit_names_the_operator(fixing, stripe):
+    h = fixing
+    ids = praise_with_three_payments(h.engine, stripe)
+    h.sign_in_as(add_operator(h.engine, "alice"))
+    csrf = h.csrf("/customers/praise%40example.com")
+    stripe.state.update_payment_intent("pi_praise_stuck", status="succeeded", record_events=False)
+    r = h.client.post("/customers/praise%40example.com/refresh", data={"csrf": csrf})
+    assert r.status_code == 200, r.text
+    page = r.text
+    assert "Refreshed from Stripe" in page
+    row = page.split('data-change="pi_praise_stuck"')[1].split("</tr>")[0]
+    assert "INFLIGHT → <strong>APPLIED</strong>" in row
+    assert "processing → <strong>succeeded</strong>" in row
+    assert "open → <strong>resolved</strong>" in row
+    assert "credited with your top-up of 2,000.00 USD" in row
+    failed = page.split('data-change="pi_praise_failed"')[1].split("</tr>")[0]
+    assert "(unchanged)" in failed  # within the grace: still waiting
+    assert 'data-payment="pi_praise_stuck"' not in page  # no longer pending
+    assert "2,000.00 USD" in page.split('data-testid="available">')[1][:40]
+    with h.engine.connect() as conn:
+        commits = conn.execute(
+            select(audit.c.actor, audit.c.run_id).where(
+                audit.c.payment_id == "pi_praise_stuck", audit.c.action == "commit"
+            )
+        ).all()
+        ticket = conn.execute(
+            select(tickets.c.status).where(tickets.c.id == ids["pi_praise_stuck"])
+        ).scalar_one()
+    assert [a for a, _ in commits] == ["alice"] and commits[0][1] is not None
+    assert ticket == "resolved"
+
+
+def test_refresh_needs_an_operator_and_its_csrf_token(fixing, stripe):
+    h = fixing
+    praise_with_three_payments(h.engine, stripe)
+    stripe.state.update_payment_intent("pi_praise_stuck", status="succeeded", record_events=False)
+    viewer = add_operator(h.engine, "victor", "viewer")
+    h.sign_in_as(viewer)
+    page = h.client.get("/customers/praise%40example.com").text
+    assert "/refresh" not in page and "/plan" not in page
+    assert "Copy the message" in page  # a viewer still reads what to say
+    csrf = h.csrf("/customers/praise%40example.com")
+    before = snapshot(h.engine)
+    for path, data in (
+        ("/customers/praise%40example.com/refresh", {"csrf": csrf}),
+        ("/payments/pi_praise_failed/plan", {"csrf": csrf, "action": "void"}),
+        (
+            "/payments/pi_praise_failed/resolve",
+            {"csrf": csrf, "action": "void", "note": "x", "confirm": "yes"},
+        ),
+    ):
+        r = h.client.post(path, data=data)
+        assert r.status_code == 403 and "Viewers can look but not act" in r.text, path
+    h.sign_in_as(add_operator(h.engine, "alice"))
+    for data in ({}, {"csrf": "0" * 64}):
+        r = h.client.post("/customers/praise%40example.com/refresh", data=data)
+        assert r.status_code == 403 and "CSRF" in r.text
+    assert snapshot(h.engine) == before
+
+
+def test_an_early_void_from_the_customer_page_goes_through_its_plan_and_names_the_operator(
+    fixing, stripe
+):
+    h = fixing
+    praise_with_three_payments(h.engine, stripe)
+    h.sign_in_as(add_operator(h.engine, "alice"))
+    csrf = h.csrf("/customers/praise%40example.com")
+    before = snapshot(h.engine)
+    form = {"csrf": csrf, "action": "void", "back": "praise@example.com"}
+    plan = h.client.post("/payments/pi_praise_failed/plan", data=form)
+    assert plan.status_code == 200, plan.text
+    assert 'data-testid="plan-amount">75.00 USD<' in plan.text
+    assert 'action="/payments/pi_praise_failed/resolve"' in plan.text
+    assert 'name="back" value="praise@example.com"' in plan.text
+    assert snapshot(h.engine) == before
+    assert h.client.post("/payments/pi_praise_failed/resolve", data=form).status_code == 400
+    for bad in ({**form, "action": "credit"}, {**form, "action": "none"}):
+        assert h.client.post("/payments/pi_praise_failed/plan", data=bad).status_code == 400
+    assert h.client.post("/payments/not-a-pi/plan", data=form).status_code == 404
+    refused = h.client.post("/payments/pi_praise_failed/plan", data={**form, "action": "commit"})
+    assert refused.status_code == 409 and "Refused: nothing was changed" in refused.text
+    assert snapshot(h.engine) == before
+
+    done = h.client.post(
+        "/payments/pi_praise_failed/resolve",
+        data={**form, "note": "customer asked to release the hold", "confirm": "yes"},
+    )
+    assert done.status_code == 303
+    assert done.headers["location"] == (
+        "/customers/praise%40example.com?fixed=pi_praise_failed&action=void"
+    )
+    page = h.client.get(done.headers["location"]).text
+    assert "Done: voided the hold of" in page
+    assert 'data-payment="pi_praise_failed"' not in page
+    with h.engine.connect() as conn:
+        txn = (
+            conn.execute(select(transactions).where(transactions.c.reference == "pi_praise_failed"))
+            .mappings()
+            .one()
+        )
+        manual = conn.execute(
+            select(audit.c.actor, audit.c.evidence).where(audit.c.reason == "manual:void")
+        ).all()
+    assert txn["status"] == "VOID"
+    assert [a for a, _ in manual] == ["alice"]
+    assert manual[0][1]["note"] == "customer asked to release the hold"
+
+
+def test_html_in_customer_names_emails_balances_and_metadata_is_escaped_on_the_customer_page(
+    fixing, stripe
+):
+    h = fixing
+    email = '"<img/src=x/onerror=alert(1)>"@example.com'
+    praise_with_three_payments(h.engine, stripe, name=f"Praise {XSS}", email=email)
+    h.sign_in_as(add_operator(h.engine, "alice"))
+    found = h.client.get("/search", params={"q": email})
+    assert found.status_code == 303
+    page = h.client.get(found.headers["location"])
+    assert page.status_code == 200, page.text
+    text = page.text
+    assert "<script>alert" not in text and "<img" not in text
+    assert "Praise &lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in text
+    assert "&lt;img/src=x/onerror=alert(1)&gt;" in text
+    assert re.search(r"\bon[a-z]+=", text.replace("onerror=alert", "")) is None
+    # The email is one path segment in every link to the page.
+    assert found.headers["location"] == "/customers/" + quote(email, safe="")
+    assert f'action="/customers/{quote(email, safe="")}/refresh"' in text.replace("&#34;", '"')

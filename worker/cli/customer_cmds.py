@@ -29,6 +29,10 @@ def _ago(seconds: int | None) -> str:
     return "" if seconds is None else short_age(timedelta(seconds=seconds))
 
 
+def _was(before: str | None, after: str | None) -> str:
+    return f"{before} -> {after}" if before != after else f"{after} (unchanged)"
+
+
 def _show(found: CustomerLookup) -> None:
     if found.customer is None:
         table(
@@ -150,6 +154,23 @@ def customer(
             r = found.refresh
             dry = " (dry run: nothing changed)" if r.dry_run else ""
             counts_table(f"refresh: run {r.run_id} {r.status}{dry}", r.counts)
+            table(
+                "what the refresh changed",
+                ["payment", "amount", "ledger", "Stripe", "ticket"],
+                [
+                    (
+                        c.payment_id,
+                        c.formatted or "unknown",
+                        _was(c.ledger_before or "no record", c.ledger_after or "no record"),
+                        _was(c.stripe_before or "not read", c.stripe_after or "not read"),
+                        _was(c.ticket_status_before, c.ticket_status_after)
+                        if c.ticket_id
+                        else "none",
+                    )
+                    for c in found.changes()
+                ],
+                ids={"payment"},
+            )
         _show(found)
         if found.refresh is not None:
             say(f"refreshed from Stripe; run id: {found.refresh.run_id}")

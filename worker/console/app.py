@@ -3,8 +3,10 @@
 Its own ASGI app on its own port (``recon console``), never mounted on the public webhook
 intake.  Pages: sign-in, the ticket queue (with a chart of tickets opened per day), one
 ticket with its fixes (dry-run plan, then a note and a confirmation, then the real fix,
-re-checked against Stripe), and search.  It works without JavaScript; the one script only
-adds a copy button.
+re-checked against Stripe), search, and the customer (balances, transactions, pending
+payments with both states and what to tell the customer, tickets; refresh from Stripe, and
+the commit or early void of a pending payment that has no ticket).  It works without
+JavaScript; the one script only adds copy buttons.
 
 Handlers parse the request, call a view (``reconcile.views``) or a use case
 (``reconcile.usecases``) in the thread pool, and render the result; they hold no SQL.  Every
@@ -14,8 +16,9 @@ CSRF token; fixing needs a role that may act.
 
 from __future__ import annotations
 
+import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,7 +43,15 @@ from reconcile.checks import FixAction
 from reconcile.ports import Services
 from reconcile.redact import redact
 from reconcile.stripe_gateway import StripeGatewayError
-from reconcile.usecases import BadRequest, NotFound, Resolution, resolve_ticket
+from reconcile.usecases import (
+    BadRequest,
+    CustomerLookup,
+    NotFound,
+    Resolution,
+    fix_payment,
+    lookup_customer,
+    resolve_ticket,
+)
 from worker import operators as ops
 from worker.console import chart, text
 from worker.console.security import (
@@ -106,6 +117,22 @@ ACTIONS: Mapping[str, tuple[str, str]] = {
     ),
 }
 PLAN_NOTE = "dry run from the console"
+# Fixes offered from a customer's pending payment that has no ticket: the hold of a payment
+# Stripe says succeeded (commit) or failed (void, also early, within the grace period the
+# pipeline leaves the customer to retry).  Anything with a ticket is fixed from the ticket.
+PAYMENT_ACTIONS: Mapping[str, str] = {"paid": "commit", "failed": "void"}
+PAYMENT_ID = re.compile(r"pi_[A-Za-z0-9_]{1,250}")
+# What the agent does next about a pending payment, by where it stands (console wording; the
+# CLI prints commands instead).
+NEXT_STEP: Mapping[str, str] = {
+    "paid": "Stripe says paid. Refresh from Stripe credits the wallet, or commit it now.",
+    "failed": "The payment failed: the customer may retry. The hold is released by itself "
+    "after the grace period, or void it now.",
+    "waiting_on_customer": "The customer must approve the payment with their bank "
+    "(3-D Secure) or pay again.",
+    "waiting_on_bank": "Waiting on the bank. Refresh from Stripe re-checks it.",
+    "unknown": "Not read from Stripe yet: Refresh from Stripe reads it.",
+}
 
 
 class _Deny(Exception):
@@ -141,6 +168,9 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["safe_url"] = text.safe_url
     env.filters["q"] = lambda value: quote(str(value), safe="")
+    env.filters["money"] = views.money_text
+    env.filters["seconds"] = text.seconds
+    env.globals["customer_href"] = text.customer_href
     return env
 
 
@@ -587,25 +617,24 @@ class Console:
             svc, ticket_id, action, note, actor, dry_run=dry_run, gateway=svc.new_gateway()
         )
 
-    async def _run(
-        self,
-        request: Request,
-        who: Who,
-        detail: views.TicketDetail,
-        action: FixAction,
-        note: str,
-        dry_run: bool,
+    def _fix_payment(
+        self, payment_id: str, action: FixAction, note: str, actor: str, dry_run: bool
     ) -> Resolution:
+        svc = self.services()
+        return fix_payment(
+            svc, payment_id, action, note, actor, dry_run=dry_run, gateway=svc.new_gateway()
+        )
+
+    async def _call(self, request: Request, who: Who, fn: Callable[..., Any], *args: Any) -> Any:
+        """A use case in the thread pool; what it refuses becomes the page that says so."""
         from worker.wiring import ConfigError
 
         try:
-            return await run_in_threadpool(
-                self._resolve, detail.ticket.id, action, note, who.operator.name, dry_run
-            )
-        except NotFound:
-            raise _Deny(self.error(request, 404, "The ticket is gone.", who=who)) from None
+            return await run_in_threadpool(fn, *args)
+        except NotFound as exc:
+            raise _Deny(self.error(request, 404, _sentence(str(exc)), who=who)) from None
         except BadRequest as exc:
-            raise _Deny(self.error(request, 400, str(exc), who=who)) from None
+            raise _Deny(self.error(request, 400, _sentence(str(exc)), who=who)) from None
         except ConfigError as exc:
             raise _Deny(self.error(request, 503, str(exc), who=who)) from None
         except StripeGatewayError as exc:
@@ -617,6 +646,32 @@ class Console:
                     who=who,
                 )
             ) from None
+
+    async def _run(
+        self,
+        request: Request,
+        who: Who,
+        detail: views.TicketDetail,
+        action: FixAction,
+        note: str,
+        dry_run: bool,
+    ) -> Resolution:
+        try:
+            res: Resolution = await self._call(
+                request,
+                who,
+                self._resolve,
+                detail.ticket.id,
+                action,
+                note,
+                who.operator.name,
+                dry_run,
+            )
+        except _Deny as deny:
+            if deny.response.status_code == 404:
+                raise _Deny(self.error(request, 404, "The ticket is gone.", who=who)) from None
+            raise
+        return res
 
     def _plan_page(
         self,
@@ -630,6 +685,37 @@ class Console:
         problem: str | None = None,
         status: int = 200,
     ) -> Response:
+        t = detail.ticket
+        return self._plan(
+            request,
+            who,
+            action,
+            res,
+            {
+                "t": t,
+                "pid": t.payment_id,
+                "back": None,
+                "post_to": f"/tickets/{t.id}/resolve",
+                "cancel": f"/tickets/{t.id}",
+                "closing": f"then close ticket #{t.id}",
+            },
+            note=note,
+            problem=problem,
+            status=status,
+        )
+
+    def _plan(
+        self,
+        request: Request,
+        who: Who,
+        action: FixAction,
+        res: Resolution,
+        subject: dict[str, Any],
+        *,
+        note: str = "",
+        problem: str | None = None,
+        status: int = 200,
+    ) -> Response:
         currency = (
             (res.ledger_before or {}).get("currency") or (res.stripe or {}).get("currency") or None
         )
@@ -637,8 +723,7 @@ class Console:
             request,
             "plan.html",
             {
-                "d": detail,
-                "t": detail.ticket,
+                **subject,
                 "action": action.value,
                 "label": ACTIONS.get(action.value, (action.value, ""))[0],
                 "explain": ACTIONS.get(action.value, ("", ""))[1],
@@ -662,15 +747,7 @@ class Console:
 
     async def resolve(self, request: Request) -> Response:
         who, detail, action = await self._action(request)
-        assert who.form is not None
-        note = str(who.form.get("note") or "").strip()
-        problem = None
-        if not note:
-            problem = "Write a note saying why: it becomes the ticket's resolution."
-        elif len(note) > NOTE_MAX:
-            problem = f"The note is longer than {NOTE_MAX} characters."
-        elif who.form.get("confirm") != "yes":
-            problem = "Tick the confirmation box to go ahead."
+        note, problem = _note_and_confirmation(who)
         if problem:
             res = await self._run(request, who, detail, action, PLAN_NOTE, dry_run=True)
             return self._plan_page(
@@ -697,6 +774,8 @@ class Console:
                 "search.html",
                 {
                     "result": None,
+                    "candidates": [],
+                    "customer_problem": None,
                     "search_query": query[:SEARCH_MAX],
                     "problem": f"A search is at most {SEARCH_MAX} characters.",
                 },
@@ -706,16 +785,235 @@ class Console:
         result = await run_in_threadpool(self._search, query)
         if result.ticket_id is not None and result.looks_like == "ticket":
             return self.redirect(request, f"/tickets/{result.ticket_id}", who=who)
+        found, customer_problem = None, None
+        if result.looks_like != "empty":
+            found, customer_problem = await self._find_customer(result.query)
+        if found is not None and found.customer is not None:
+            v = found.customer
+            key = text.customer_key(v.email, v.stripe_customer, [b.name for b in v.balances])
+            return self.redirect(request, customer_path(key or result.query), who=who)
         return self.render(
             request,
             "search.html",
-            {"result": result, "search_query": result.query, "problem": None},
+            {
+                "result": result,
+                "candidates": found.candidates if found is not None else [],
+                "customer_problem": customer_problem,
+                "search_query": result.query,
+                "problem": None,
+            },
             who=who,
         )
+
+    async def _find_customer(self, query: str) -> tuple[CustomerLookup | None, str | None]:
+        """The customer lookup behind the search box: (what it found, or why it could not
+        look)."""
+        from worker.wiring import ConfigError
+
+        try:
+            return await run_in_threadpool(self._lookup, query), None
+        except (NotFound, BadRequest):
+            return None, None
+        except ConfigError as exc:
+            return None, f"Customers cannot be looked up: {exc}"
 
     def _search(self, query: str) -> views.SearchResult:
         with self.engine.connect() as conn:
             return views.search_tickets(conn, query, now=self.clock())
+
+    # -- customers -------------------------------------------------------------------------
+
+    def _lookup(self, query: str) -> CustomerLookup:
+        return lookup_customer(self.services(), query)
+
+    def _refresh(self, query: str, actor: str) -> CustomerLookup:
+        svc = self.services()
+        return lookup_customer(
+            svc, query, refresh=True, gateway=svc.new_gateway(), actor=actor, trigger="console"
+        )
+
+    async def customer(self, request: Request) -> Response:
+        who = await self._who(request)
+        query = request.path_params["query"]
+        if len(query) > SEARCH_MAX:
+            return self.error(
+                request, 400, f"A search is at most {SEARCH_MAX} characters.", who=who
+            )
+        found = await self._call(request, who, self._lookup, query)
+        return self._customer_page(request, who, found, fixed=self._fixed(request))
+
+    async def refresh(self, request: Request) -> Response:
+        who = await self._who(request, act=True)
+        query = request.path_params["query"]
+        if len(query) > SEARCH_MAX:
+            return self.error(
+                request, 400, f"A search is at most {SEARCH_MAX} characters.", who=who
+            )
+        found: CustomerLookup = await self._call(
+            request, who, self._refresh, query, who.operator.name
+        )
+        if found.refresh is not None:
+            log.info(
+                "console refresh",
+                operator=who.operator.name,
+                run_id=found.refresh.run_id,
+                status=found.refresh.status,
+            )
+        return self._customer_page(request, who, found)
+
+    @staticmethod
+    def _fixed(request: Request) -> tuple[str, str] | None:
+        """(payment, action) of a fix just made from this page, as the redirect says."""
+        pid = request.query_params.get("fixed", "")
+        action = request.query_params.get("action", "")
+        if PAYMENT_ID.fullmatch(pid) and action in PAYMENT_ACTIONS.values():
+            return pid, action
+        return None
+
+    def _customer_page(
+        self,
+        request: Request,
+        who: Who,
+        found: CustomerLookup,
+        *,
+        fixed: tuple[str, str] | None = None,
+    ) -> Response:
+        if found.customer is None:
+            return self.render(
+                request,
+                "search.html",
+                {
+                    "result": None,
+                    "candidates": found.candidates,
+                    "customer_problem": None,
+                    "search_query": found.query,
+                    "problem": None,
+                },
+                who=who,
+            )
+        v = found.customer
+        key = text.customer_key(v.email, v.stripe_customer, [b.name for b in v.balances])
+        key = key or found.query
+        settled = {t.payment_id: t.status for t in v.transactions if t.kind == "top-up"}
+        done = None
+        if fixed is not None and settled.get(fixed[0]) in ("APPLIED", "VOID"):
+            done = fixed
+        return self.render(
+            request,
+            "customer.html",
+            {
+                "found": found,
+                "v": v,
+                "key": key,
+                "now": self.clock(),
+                "pending": [
+                    (
+                        p,
+                        _payment_fixes(p),
+                        NEXT_STEP.get(p.state, ""),
+                    )
+                    for p in v.pending
+                ],
+                "run": found.refresh,
+                "changes": found.changes(),
+                "done": done,
+                "search_query": found.query,
+            },
+            who=who,
+        )
+
+    # -- a fix from a customer's payment (no ticket) ----------------------------------------
+
+    async def _payment_action(self, request: Request) -> tuple[Who, str, FixAction, str | None]:
+        who = await self._who(request, act=True)
+        assert who.form is not None
+        pid = request.path_params["payment_id"]
+        if not PAYMENT_ID.fullmatch(pid):
+            raise _Deny(self.error(request, 404, "There is no such payment.", who=who))
+        action = str(who.form.get("action") or "")
+        if action not in PAYMENT_ACTIONS.values():
+            raise _Deny(
+                self.error(
+                    request,
+                    400,
+                    f"{action!r} is not a fix for a payment without a ticket; the fixes are: "
+                    f"{', '.join(sorted(PAYMENT_ACTIONS.values()))}. Other fixes are made "
+                    "from the payment's ticket.",
+                    who=who,
+                )
+            )
+        back = str(who.form.get("back") or "")[:SEARCH_MAX].strip() or None
+        return who, pid, FixAction(action), back
+
+    def _payment_plan(
+        self,
+        request: Request,
+        who: Who,
+        pid: str,
+        action: FixAction,
+        back: str | None,
+        res: Resolution,
+        *,
+        note: str = "",
+        problem: str | None = None,
+        status: int = 200,
+    ) -> Response:
+        return self._plan(
+            request,
+            who,
+            action,
+            res,
+            {
+                "t": None,
+                "pid": pid,
+                "back": back,
+                "post_to": f"/payments/{quote(pid, safe='')}/resolve",
+                "cancel": customer_path(back) if back else "/search",
+                "closing": "and close the payment's open tickets, if any",
+            },
+            note=note,
+            problem=problem,
+            status=status,
+        )
+
+    async def payment_plan(self, request: Request) -> Response:
+        who, pid, action, back = await self._payment_action(request)
+        res: Resolution = await self._call(
+            request, who, self._fix_payment, pid, action, PLAN_NOTE, who.operator.name, True
+        )
+        return self._payment_plan(
+            request, who, pid, action, back, res, status=200 if res.done else 409
+        )
+
+    async def payment_resolve(self, request: Request) -> Response:
+        who, pid, action, back = await self._payment_action(request)
+        note, problem = _note_and_confirmation(who)
+        if problem:
+            res: Resolution = await self._call(
+                request, who, self._fix_payment, pid, action, PLAN_NOTE, who.operator.name, True
+            )
+            return self._payment_plan(
+                request, who, pid, action, back, res, note=note, problem=problem, status=400
+            )
+        res = await self._call(
+            request, who, self._fix_payment, pid, action, note, who.operator.name, False
+        )
+        log.info(
+            "console fix",
+            operator=who.operator.name,
+            payment_id=pid,
+            action=action.value,
+            done=res.done,
+        )
+        if not res.done:
+            return self._payment_plan(request, who, pid, action, back, res, note=note, status=409)
+        target = customer_path(back) if back else f"/search?{urlencode({'q': pid})}"
+        sep = "&" if "?" in target else "?"
+        return self.redirect(
+            request,
+            f"{target}{sep}{urlencode({'fixed': pid, 'action': action.value})}",
+            who=who,
+        )
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -741,6 +1039,37 @@ class Console:
             },
             status=503,
         )
+
+
+def customer_path(key: str) -> str:
+    """The customer page of a lookup key, the key URL-encoded as one path segment."""
+    return "/customers/" + quote(key, safe="")
+
+
+def _payment_fixes(p: Any) -> Sequence[tuple[str, str]]:
+    """(action, label) of the fixes a pending payment without a ticket offers."""
+    action = PAYMENT_ACTIONS.get(p.state)
+    if action is None or p.ticket_id is not None or p.ledger_status != "INFLIGHT":
+        return ()
+    return ((action, ACTIONS[action][0]),)
+
+
+def _sentence(message: str) -> str:
+    message = message.strip()
+    return (message[:1].upper() + message[1:]).rstrip(".") + "."
+
+
+def _note_and_confirmation(who: Who) -> tuple[str, str | None]:
+    """The note of a confirmed fix, and what is wrong with the form (None: nothing)."""
+    assert who.form is not None
+    note = str(who.form.get("note") or "").strip()
+    if not note:
+        return note, "Write a note saying why: it is kept with the fix in the audit."
+    if len(note) > NOTE_MAX:
+        return note, f"The note is longer than {NOTE_MAX} characters."
+    if who.form.get("confirm") != "yes":
+        return note, "Tick the confirmation box to go ahead."
+    return note, None
 
 
 async def _form(request: Request, *, max_fields: int) -> FormData:
@@ -794,6 +1123,10 @@ def create_app(
         Route("/tickets/{ticket_id:int}/plan", c.plan, methods=["POST"]),
         Route("/tickets/{ticket_id:int}/resolve", c.resolve, methods=["POST"]),
         Route("/search", c.search, methods=["GET"]),
+        Route("/customers/{query:path}/refresh", c.refresh, methods=["POST"]),
+        Route("/customers/{query:path}", c.customer, methods=["GET"]),
+        Route("/payments/{payment_id}/plan", c.payment_plan, methods=["POST"]),
+        Route("/payments/{payment_id}/resolve", c.payment_resolve, methods=["POST"]),
         # Browsers ask for it on every page; a sign-in redirect for it would be noise.
         Route("/favicon.ico", lambda _: Response(status_code=204), methods=["GET"]),
         # Only the stylesheet and the copy-button script: no data, so no sign-in needed.

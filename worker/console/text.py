@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from markupsafe import Markup
 
@@ -89,3 +91,34 @@ def safe_url(value: Any) -> str | None:
     if not url.lower().startswith(("https://", "http://")) or any(c.isspace() for c in url):
         return None
     return url
+
+
+def seconds(value: Any) -> timedelta | None:
+    """An age given in whole seconds, as a duration the page shows like any other."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return timedelta(seconds=value)
+
+
+def customer_key(
+    email: str | None, stripe_customer: str | None, balances: Sequence[str]
+) -> str | None:
+    """The one lookup key that names this customer and no other: an email, a Stripe customer
+    id or a balance are each held by one customer in the index (names are not)."""
+    if email and "@" in email:
+        return email
+    if stripe_customer and stripe_customer.startswith("cus_"):
+        return stripe_customer
+    for balance in balances:
+        # Looked up as a payment, a Stripe customer or an email instead: not usable.
+        if balance and not balance.startswith(("pi_", "cus_")) and "@" not in balance:
+            return balance
+    return None
+
+
+def customer_href(
+    email: str | None, stripe_customer: str | None, balance: str | None = None
+) -> str | None:
+    """The customer page of what a ticket records about its customer, or None."""
+    key = customer_key(email, stripe_customer, [balance] if balance else [])
+    return None if key is None else "/customers/" + quote(key, safe="")
