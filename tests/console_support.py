@@ -139,7 +139,12 @@ PRAISE = "praise@example.com"
 
 
 def praise_with_three_payments(
-    engine: Engine, stripe: Any, *, name: str = "Praise Okafor", email: str = PRAISE
+    engine: Engine,
+    stripe: Any,
+    *,
+    name: str = "Praise Okafor",
+    email: str = PRAISE,
+    balance: str = "wallet:praise",
 ) -> dict[str, int]:
     """Praise as the pipeline leaves him: a $2,000 top-up stuck in flight (ticketed), one
     paid but never recorded (ticketed), one that failed minutes ago (within the grace: no
@@ -151,17 +156,17 @@ def praise_with_three_payments(
         created=epoch(ago(hours=8)), **common,
     )  # fmt: skip
     seed_entry(engine, "pi_praise_stuck", 200_000, created=ago(hours=8),
-               destination="wallet:praise", metadata=meta)  # fmt: skip
+               destination=balance, metadata=meta)  # fmt: skip
     stripe.state.create_payment_intent(
         id="pi_praise_unrecorded", amount=2_500, status="succeeded",
-        created=epoch(ago(hours=4)), metadata={"ledger_destination": "wallet:praise"}, **common,
+        created=epoch(ago(hours=4)), metadata={"ledger_destination": balance}, **common,
     )  # fmt: skip
     stripe.state.create_payment_intent(
         id="pi_praise_failed", amount=7_500, status="requires_payment_method",
         last_payment_error="card_declined", created=epoch(ago(minutes=25)), **common,
     )  # fmt: skip
     seed_entry(engine, "pi_praise_failed", 7_500, created=ago(minutes=25),
-               destination="wallet:praise", metadata=meta)  # fmt: skip
+               destination=balance, metadata=meta)  # fmt: skip
     svc = make_services(
         engine, stripe.url, stripe.api_key, policy=Policy(processing_sla=timedelta(hours=6))
     )

@@ -15,8 +15,10 @@ stand-in from tests/blnk_server, ``RECON_LEDGER=blnk``): the application's holds
 wallets are created there, and every commit, void and create goes through Blnk's API.
 
 ``--serve`` (``make demo-serve``) keeps the local Stripe server answering on a fixed port
-after the demo, so every `recon` command can be tried on the demo data; it prints the
-environment to use and waits for Ctrl-C.
+after the demo, so every `recon` command can be tried on the demo data, and starts the CX
+console (``recon console``'s app) on the demo data with one demo operator whose password is
+made afresh each run; it prints the console's address, the sign-in, the environment for
+the CLI, and waits for Ctrl-C.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import secrets
 import socket
 import subprocess
 import sys
@@ -48,7 +51,63 @@ def free_port() -> int:
 
 
 SERVE_PORT = int(os.environ.get("RECON_DEMO_STRIPE_PORT", "12111"))
+CONSOLE_PORT = int(os.environ.get("RECON_DEMO_CONSOLE_PORT", "8001"))
 PRAISE = "praise@example.com"
+DEMO_OPERATOR = "demo"
+DEMO_OPERATOR_EMAIL = "demo@example.com"
+
+
+def start_console(settings: Any) -> tuple[str, str, Any]:
+    """The CX console on the demo data, in this process: (address, the demo operator's
+    password, the server).  The password is new each run; the cookie secret too."""
+    import uvicorn
+    from pydantic import SecretStr
+
+    from worker import operators as ops
+    from worker.console import create_app
+    from worker.db import engine_for
+
+    password = secrets.token_urlsafe(12)
+    with engine_for(settings.database_url).begin() as conn:
+        ops.add_operator(
+            conn,
+            DEMO_OPERATOR,
+            DEMO_OPERATOR_EMAIL,
+            "operator",
+            now=datetime.now(UTC),
+            password=password,
+        )
+    console_settings = settings.model_copy(
+        update={"console_secret": SecretStr(secrets.token_urlsafe(32))}
+    )
+    app = create_app(console_settings)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", CONSOLE_PORT))
+    except OSError:
+        print(
+            f"port {CONSOLE_PORT} is busy (RECON_DEMO_CONSOLE_PORT): the console takes a free one"
+        )
+        sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,
+            server_header=False,
+        )
+    )
+    threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True).start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not server.started:
+        raise RuntimeError("the CX console did not start")
+    return f"http://127.0.0.1:{port}/", password, server
 
 
 def seed_praise(state: Any, record: Any, wallet: Any, now: datetime) -> None:
@@ -386,12 +445,25 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "Commands that read Stripe (recon customer --refresh, tickets resolve, payment, "
             "sweep...) need the local Stripe server: run `make demo-serve` instead, which "
-            "keeps it answering and prints the environment to use."
+            "keeps it answering and prints the environment to use.\n"
+            "The CX console (web) on this data: `make demo-serve` starts it too and prints "
+            "its address and a sign-in."
         )
         return 0
+    address, password, _console = start_console(settings)
+    say("CX console (web) on the demo data")
     print(
-        "\nThe local Stripe server keeps answering until you press Ctrl-C. In another "
-        "terminal:\n\n"
+        f"  open      {address}\n"
+        f"  sign in   {DEMO_OPERATOR} (or {DEMO_OPERATOR_EMAIL}), password {password}\n"
+        f"  then      search {PRAISE}, open the stuck 2,000.00 USD top-up, fix the tickets\n"
+        "  (the password is new each run; Stripe settles the stuck top-up with the curl "
+        "below)",
+        flush=True,
+    )
+    print(
+        "\nThe local Stripe server (and the console above) keeps answering until you press "
+        "Ctrl-C. "
+        "In another terminal:\n\n"
         f"  export RECON_DATABASE_URL=sqlite:///{DB_FILE.resolve()}\n"
         f"  export RECON_STRIPE_API_BASE={srv.url} STRIPE_API_KEY={srv.api_key}\n"
         "  export RECON_PROCESSING_SLA=6h RECON_FAILED_GRACE=1h\n"

@@ -1,7 +1,7 @@
-"""The CX console in a real browser: Debian's Chromium driven by Playwright, against the
-console served by uvicorn on a local port, a SQLite database and the local Stripe server.
+"""The CX console in a real browser: Debian's Chromium driven by Playwright (the ``browser``
+fixture of tests/e2e/conftest.py), against the console served by uvicorn on a local port, a
+SQLite database and the local Stripe server.
 
-Under CI=true a missing Chromium (or Playwright) fails these tests instead of skipping them.
 Screenshots go to a temporary directory; set RECON_E2E_SCREENSHOTS=tests/e2e/screenshots to
 refresh the committed ones.
 """
@@ -9,7 +9,6 @@ refresh the committed ones.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 import time
@@ -26,49 +25,21 @@ import worker.db
 from ledger.sql import transactions
 from reconcile.tables import audit, tickets
 from reconcile.usecases import reconcile_payment
-from tests.conftest import _unavailable
 from tests.console_support import (
     PASSWORD,
     add_operator,
     console_settings,
+    praise_with_three_payments,
     snapshot,
     stuck_ticket_that_stripe_now_says_succeeded,
 )
+from tests.e2e.conftest import post_form, watch_console
 from tests.stripe_server import run_server
 from tests.support import ago, epoch, make_services
 from worker.console import create_app
 from worker.schema import all_metadata
 
 pytestmark = pytest.mark.e2e
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    # Module scope, not session: Playwright's sync API keeps an event loop running on this
-    # thread while it is open, and later tests that call asyncio.run() must not see it.
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        _unavailable("Playwright (pip install -e '.[dev]')", exc)
-    path = shutil.which("chromium")
-    if path is None:
-        _unavailable(
-            "Chromium (apt-get install chromium)", FileNotFoundError("chromium is not on PATH")
-        )
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 class _Served:
@@ -138,14 +109,6 @@ def context(browser: Any, world: World) -> Iterator[Any]:
     ctx.close()
 
 
-def _watch_console(page: Any) -> list[str]:
-    """Errors the page logs: a blocked inline script or style (CSP) shows up here."""
-    errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    return errors
-
-
 def _missing_record_ticket(world: World, pid: str = "pi_paid_unrecorded") -> int:
     world.stripe.state.create_payment_intent(
         id=pid,
@@ -170,7 +133,7 @@ def test_an_operator_signs_in_opens_a_ticket_and_commits_it_through_its_plan(wor
     _missing_record_ticket(world)
     add_operator(world.engine, "alice", password=PASSWORD)
     page = context.new_page()
-    errors = _watch_console(page)
+    errors = watch_console(page)
 
     world.sign_in(page, "alice")
     assert page.locator("[data-testid=operator]").inner_text() == "alice"
@@ -257,28 +220,6 @@ def test_the_whole_fix_works_without_javascript(browser, world):
     )
 
 
-def _post_form(page: Any, action: str, fields: dict[str, str]) -> Any:
-    """What a crafted request looks like from a signed-in browser: a form the page never
-    offered, submitted as a top-level navigation."""
-    with page.expect_navigation() as nav:
-        page.evaluate(
-            """([action, fields]) => {
-                const f = document.createElement("form");
-                f.method = "post";
-                f.action = action;
-                for (const [k, v] of Object.entries(fields)) {
-                    const i = document.createElement("input");
-                    i.type = "hidden"; i.name = k; i.value = v;
-                    f.appendChild(i);
-                }
-                document.body.appendChild(f);
-                f.submit();
-            }""",
-            [action, fields],
-        )
-    return nav.value
-
-
 def test_a_viewer_sees_no_fix_and_a_crafted_post_is_refused(world, context):
     tid = stuck_ticket_that_stripe_now_says_succeeded(world.engine, world.stripe)
     add_operator(world.engine, "vera", "viewer", password=PASSWORD)
@@ -289,7 +230,7 @@ def test_a_viewer_sees_no_fix_and_a_crafted_post_is_refused(world, context):
     assert page.locator("[data-testid=viewer-note]").is_visible()
     csrf = page.locator("input[name=csrf]").first.get_attribute("value")
     before = snapshot(world.engine)
-    response = _post_form(
+    response = post_form(
         page,
         f"/tickets/{tid}/resolve",
         {"csrf": csrf, "action": "commit", "note": "sneaky", "confirm": "yes"},
@@ -306,7 +247,7 @@ def test_a_post_without_its_csrf_token_is_refused_in_the_browser(world, context)
     world.sign_in(page, "alice")
     page.goto(f"{world.url}/tickets/{tid}")
     before = snapshot(world.engine)
-    response = _post_form(
+    response = post_form(
         page, f"/tickets/{tid}/resolve", {"action": "commit", "note": "x", "confirm": "yes"}
     )
     assert response.status == 403
@@ -324,3 +265,28 @@ def test_a_signed_out_visitor_sees_only_the_sign_in_page(world, context):
         main = page.locator("main").inner_text()
         assert "2,000.00" not in main and "wallet:praise" not in main and "Stripe" not in main
     page.screenshot(path=str(world.shots / "sign-in.png"))
+
+
+def test_html_in_a_customers_name_email_and_metadata_is_shown_as_text_on_the_customer_page(
+    world, context
+):
+    name = 'Praise <img src=x onerror="alert(1)"><script>alert(2)</script>'
+    email = '"<svg/onload=alert(3)>"@example.com'
+    balance = "wallet:<b>bold</b><img/src=x/onerror=alert(4)>"
+    praise_with_three_payments(world.engine, world.stripe, name=name, email=email, balance=balance)
+    add_operator(world.engine, "alice", password=PASSWORD)
+    page = context.new_page()
+    errors = watch_console(page)
+    world.sign_in(page, "alice")
+    page.fill("#q", email)
+    page.press("#q", "Enter")
+    page.wait_for_url("**/customers/**")
+    assert page.locator("[data-testid=customer-name]").inner_text() == name
+    assert page.locator("[data-testid=customer-email]").inner_text() == email.lower()
+    assert page.locator(f'tr[data-balance="{balance}"] code').inner_text() == balance
+    main = page.locator("main")
+    assert main.locator("script, img, svg, b").count() == 0  # nothing became markup
+    page.locator("button[data-testid=refresh]").click()  # the form posts back to the page
+    assert page.locator("[data-testid=refreshed]").is_visible()
+    assert page.locator("[data-testid=customer-name]").inner_text() == name
+    assert errors == []

@@ -48,7 +48,12 @@ def free_port() -> int:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     db = tmp_path_factory.mktemp("demo") / "recon.db"
     port = free_port()
-    env = {**os.environ, "RECON_DEMO_DB": str(db), "RECON_DEMO_STRIPE_PORT": str(port)}
+    env = {
+        **os.environ,
+        "RECON_DEMO_DB": str(db),
+        "RECON_DEMO_STRIPE_PORT": str(port),
+        "RECON_DEMO_CONSOLE_PORT": str(free_port()),
+    }
     proc = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "tests.demo", "--serve"],
         cwd=ROOT,
@@ -96,6 +101,8 @@ def test_the_demo_prints_praise_and_how_to_keep_exploring(demo):
     out = demo["output"]
     assert "Praise Okafor" in out and "2,000.00 USD" in out
     assert "export RECON_STRIPE_API_BASE=" in out and "--refresh" in out
+    assert "CX console (web) on the demo data" in out
+    assert "sign in   demo (or demo@example.com), password " in out
 
 
 def test_praise_shows_all_three_payments_with_the_next_step_and_message(demo):

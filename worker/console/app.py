@@ -40,6 +40,7 @@ from starlette.templating import Jinja2Templates
 
 from reconcile import views
 from reconcile.checks import FixAction
+from reconcile.messages import KIND_GUIDE
 from reconcile.ports import Services
 from reconcile.redact import redact
 from reconcile.stripe_gateway import StripeGatewayError
@@ -914,6 +915,7 @@ class Console:
                     )
                     for p in v.pending
                 ],
+                "what_happened": {k.value: g.what_happened for k, g in KIND_GUIDE.items()},
                 "run": found.refresh,
                 "changes": found.changes(),
                 "done": done,
