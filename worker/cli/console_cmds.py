@@ -15,7 +15,7 @@ def console(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind.")] = 8001,
 ) -> None:
-    """Run the CX console (ticket queue, tickets and their fixes, search) for operators.
+    """Run the CX console (search, customers, ticket queue, tickets and their fixes).
 
     Needs RECON_CONSOLE_SECRET (32+ random characters) and operators (`recon operators add`).
     Put it behind TLS outside localhost: its cookies are Secure there.
