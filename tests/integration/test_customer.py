@@ -200,6 +200,26 @@ def test_refresh_credits_the_stuck_top_up_once_stripe_says_succeeded(db, stripe)
     assert "credited with your top-up of 2,000.00 USD" in resolved["customer_message"]
     run = [r for r in dump(engine, runs) if r["job"] == "customer_refresh"][-1]
     assert (run["actor"], run["dry_run"]) == ("cx-anna", False)
+    changes = {c["payment_id"]: c for c in out["changes"]}
+    assert set(changes) == {"pi_praise_stuck", "pi_praise_lost", "pi_praise_failed"}
+    moved = changes["pi_praise_stuck"]
+    assert (moved["ledger_before"], moved["ledger_after"]) == ("INFLIGHT", "APPLIED")
+    assert (moved["stripe_before"], moved["stripe_after"]) == ("processing", "succeeded")
+    assert (moved["ticket_status_before"], moved["ticket_status_after"]) == ("open", "resolved")
+    assert "credited" in moved["message_after"] and moved["changed"] is True
+    assert changes["pi_praise_failed"]["changed"] is False  # within the grace: waiting
+
+
+def test_refresh_says_what_it_changed_in_words(db, stripe):
+    engine, invoke = db
+    seed_praise(engine, stripe)
+    see_everything(invoke)
+    stripe.state.update_payment_intent("pi_praise_stuck", status="succeeded", record_events=False)
+    shown = invoke("customer", EMAIL, "--refresh", "--by", "cx-anna")
+    assert shown.exit_code == 0, shown.output
+    assert "what the refresh changed" in shown.output
+    line = [ln for ln in shown.output.splitlines() if "pi_praise_stuck" in ln][0]
+    assert "INFLIGHT -> APPLIED" in line and "processing -> succeeded" in line
 
 
 def test_each_of_praises_payments_is_fixed_with_one_command_audited_with_the_operator(db, stripe):

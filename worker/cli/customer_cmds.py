@@ -169,7 +169,7 @@ def customer(
                     )
                     for c in found.changes()
                 ],
-                ids={"payment"},
+                ids={"payment", "ledger", "Stripe", "ticket"},
             )
         _show(found)
         if found.refresh is not None:
