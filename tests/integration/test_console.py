@@ -17,6 +17,8 @@ from starlette.testclient import TestClient
 
 import worker.db
 from ledger.sql import transactions
+from reconcile.messages import KIND_GUIDE
+from reconcile.model import TicketKind
 from reconcile.tables import audit, tickets
 from reconcile.usecases import reconcile_payment
 from tests.console_support import (
@@ -1154,3 +1156,12 @@ def test_html_in_customer_names_emails_balances_and_metadata_is_escaped_on_the_c
     # The email is one path segment in every link to the page.
     assert found.headers["location"] == "/customers/" + quote(email, safe="")
     assert f'action="/customers/{quote(email, safe="")}/refresh"' in text.replace("&#34;", '"')
+
+
+def test_every_ticket_kind_offers_exactly_the_fixes_of_the_cx_guide(h):
+    h.sign_in_as(add_operator(h.engine, "alice"))
+    for kind in TicketKind:
+        tid = seed_ticket(h.engine, kind=kind.value, payment_id=f"pi_{kind.value}")
+        page = h.client.get(f"/tickets/{tid}").text
+        offered = re.findall(r'<button type="submit" data-action="([a-z-]+)"', page)
+        assert tuple(offered) == KIND_GUIDE[kind].actions, kind
