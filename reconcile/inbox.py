@@ -33,7 +33,6 @@ from sqlalchemy import (
     func,
     or_,
     select,
-    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -266,23 +265,57 @@ def store_event(
 # parameter that the server unpacks (each payload spliced in as received).  A multi-row
 # VALUES list is a new, long SQL text per batch size, which psycopg does not cache and
 # re-parses each time; text[] parameters make psycopg regex-escape every quote of every
-# payload.  Both cost more CPU than the insert.
+# payload.  Both cost more CPU than the insert.  Sent with exec_driver_sql (psycopg's own
+# placeholders): nothing for SQLAlchemy to compile or process per call.
 # Rows go in id order so two concurrent batches sharing ids cannot deadlock on the index.
-_PG_BATCH_INSERT: Final = text(
-    """
+_PG_BATCH_INSERT: Final = """
     INSERT INTO recon_inbox (event_id, type, payment_id, livemode, event_created, payload,
                              source, status, attempts, received_at, processed_at)
     SELECT u.event_id, u.type, u.payment_id, u.livemode, u.event_created, u.payload,
-           :source, u.status, 0, :now,
-           CASE WHEN u.status = 'ignored' THEN CAST(:now AS timestamptz) END
-    FROM json_to_recordset(CAST(:rows AS json))
+           %(source)s, u.status, 0, %(now)s,
+           CASE WHEN u.status = 'ignored' THEN CAST(%(now)s AS timestamptz) END
+    FROM json_to_recordset(CAST(%(rows)s AS json))
          AS u(event_id text, type text, payment_id text, livemode boolean,
               event_created bigint, payload json, status text)
     ORDER BY u.event_id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
-    """
-)
+"""
+
+
+def _distinct(
+    events: Sequence[Mapping[str, Any]], raw: Sequence[bytes] | None
+) -> list[tuple[Mapping[str, Any], bytes | None]]:
+    """Each id once (its first copy), with its body, in id order."""
+    if raw is not None and len(raw) != len(events):
+        raise ValueError("raw must hold one body per event")
+    seen: set[str] = set()
+    chosen: list[tuple[Mapping[str, Any], bytes | None]] = []
+    for n, event in enumerate(events):
+        if event["id"] not in seen:
+            seen.add(event["id"])
+            chosen.append((event, None if raw is None else raw[n]))
+    chosen.sort(key=lambda pair: str(pair[0]["id"]))
+    return chosen
+
+
+def _pg_batch_params(
+    events: Sequence[Mapping[str, Any]],
+    *,
+    source: str,
+    now: datetime,
+    raw: Sequence[bytes] | None = None,
+) -> dict[str, Any]:
+    """The parameters of ``_PG_BATCH_INSERT`` for ``events`` (at least one)."""
+    parts = []
+    for event, body in _distinct(events, raw):
+        if body is None:
+            body = json.dumps(event).encode("utf-8")
+        # A body is one whole JSON value already: spliced in as it is, never re-encoded.
+        parts.append(orjson.dumps(_fields(event))[:-1] + b',"payload":' + body + b"}")
+    if not parts:
+        raise ValueError("no events to store")
+    return {"source": source, "now": now, "rows": (b"[" + b",".join(parts) + b"]").decode()}
 
 
 def store_events(
@@ -299,29 +332,13 @@ def store_events(
     (valid JSON, UTF-8): that is what is stored, so nothing is encoded again and the
     payload keeps every digit Stripe sent.  An id repeated within ``events`` is stored
     once (the first copy) and counted once."""
-    if raw is not None and len(raw) != len(events):
-        raise ValueError("raw must hold one body per event")
-    seen: set[str] = set()
-    chosen: list[tuple[Mapping[str, Any], bytes | None]] = []
-    for n, event in enumerate(events):
-        if event["id"] not in seen:
-            seen.add(event["id"])
-            chosen.append((event, None if raw is None else raw[n]))
-    if not chosen:
+    if not events:
         return set()
-    chosen.sort(key=lambda pair: str(pair[0]["id"]))
-    if conn.dialect.name != "postgresql":
-        rows = [_row_values(event, source, now, body) for event, body in chosen]
-        return _insert_ignoring_duplicates(conn, rows, raw=raw is not None)
-    parts = []
-    for event, body in chosen:
-        if body is None:
-            body = json.dumps(event).encode("utf-8")
-        # A body is one whole JSON value already: spliced in as it is, never re-encoded.
-        parts.append(orjson.dumps(_fields(event))[:-1] + b',"payload":' + body + b"}")
-    packed = (b"[" + b",".join(parts) + b"]").decode("utf-8")
-    params = {"source": source, "now": now, "rows": packed}
-    return {r[0] for r in conn.execute(_PG_BATCH_INSERT, params)}
+    if conn.dialect.name == "postgresql":
+        params = _pg_batch_params(events, source=source, now=now, raw=raw)
+        return {r[0] for r in conn.exec_driver_sql(_PG_BATCH_INSERT, params)}
+    rows = [_row_values(event, source, now, body) for event, body in _distinct(events, raw)]
+    return _insert_ignoring_duplicates(conn, rows, raw=raw is not None)
 
 
 def stored_error(error: str) -> str:

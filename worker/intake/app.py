@@ -33,7 +33,7 @@ from worker import metrics
 from worker.db import engine_for
 from worker.intake.publisher import Enqueue, Publisher
 from worker.intake.signature import SignatureChecker
-from worker.intake.store import BatchStore, DirectStore
+from worker.intake.store import Store, make_store
 from worker.logs import configure_logging, get_logger
 from worker.settings import Settings, get_settings
 
@@ -115,7 +115,7 @@ class Webhook:
     as two ``send`` calls.  Order of work: verify the signature -> parse the JSON once
     (orjson) -> store and COMMIT the body as received (store.py) -> answer."""
 
-    def __init__(self, settings: Settings, store: DirectStore | BatchStore) -> None:
+    def __init__(self, settings: Settings, store: Store) -> None:
         self.store = store
         self.max_bytes = settings.webhook_max_bytes
         self.tolerance = settings.webhook_tolerance.total_seconds()
@@ -256,16 +256,11 @@ def create_app(
         if enqueue is not None
         else Publisher(send_many=_default_enqueue_many)
     )
-    batch_size = _batch_setting(settings, batch)
-    store: DirectStore | BatchStore = (
-        BatchStore(
-            engine,
-            max_batch=batch_size,
-            writers=settings.intake_writers,
-            on_commit=publisher.put_many,
-        )
-        if batch_size > 1
-        else DirectStore(engine, on_commit=publisher.put_many)
+    store = make_store(
+        engine,
+        batch=_batch_setting(settings, batch),
+        writers=settings.intake_writers,
+        on_commit=publisher.put_many,
     )
     broker_url = settings.broker_url
     webhook = Webhook(settings, store)

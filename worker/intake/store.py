@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from reconcile import inbox
 
-__all__ = ["BatchStore", "DirectStore", "OnCommit"]
+__all__ = ["BatchStore", "DirectStore", "OnCommit", "Store", "make_store"]
 
 SOURCE = "webhook"
 DEFAULT_BATCH_WRITERS = 2
@@ -259,3 +259,13 @@ def _resolve(pairs: list[tuple[asyncio.Future[bool], Any]]) -> None:
             future.set_exception(result)
         else:
             future.set_result(result)
+
+
+Store = DirectStore | BatchStore
+
+
+def make_store(engine: Engine, *, batch: int, writers: int, on_commit: OnCommit | None) -> Store:
+    """One commit per webhook when ``batch`` <= 1, else grouped commits."""
+    if batch <= 1:
+        return DirectStore(engine, on_commit=on_commit)
+    return BatchStore(engine, max_batch=batch, writers=writers, on_commit=on_commit)
