@@ -54,26 +54,13 @@ def _reconcile(quick: bool) -> tuple[dict[str, Any], str]:
 
 
 def _intake(quick: bool) -> tuple[dict[str, Any], str]:
-    try:
-        from tests.bench import intake
-    except Exception as exc:  # noqa: BLE001 - another engineer's work, maybe unfinished
-        return {"unavailable": f"{type(exc).__name__}: {exc}"}, f"intake: unavailable ({exc})"
-    run = getattr(intake, "run", None)
-    if run is None:
-        return {"unavailable": "tests.bench.intake has no run()"}, "intake: unavailable (no run)"
+    from tests.bench import intake
+
     if quick:
-        res = run(seconds=1.0, concurrency=8, workers=(1,), batches=(0,), warmup=0.5)
+        res = intake.run(seconds=1.0, concurrency=8, workers=(1,), batches=(100,), warmup=0.3)
     else:
-        res = run(seconds=2.0, warmup=0.5)
-    lines = [f"intake: signed webhooks/s into PostgreSQL (concurrency {res.get('concurrency')})"]
-    for key, val in res.items():
-        if isinstance(val, dict) and "per_second" in val:
-            ratio = val.get("ratio_to_ceiling")
-            lines.append(
-                f"    {key:36} {val['per_second']:>9.1f}/s"
-                + (f"  x ceiling {ratio}" if ratio is not None else "  (ceiling)")
-            )
-    return res, "\n".join(lines)
+        res = intake.run(seconds=4.0, warmup=1.0)
+    return res, intake.table(res)
 
 
 RUNNERS: dict[str, Callable[[bool], tuple[dict[str, Any], str]]] = {
@@ -121,9 +108,25 @@ def summary(results: dict[str, Any]) -> str:
     ink = results.get("intake") or {}
     if "unavailable" in ink:
         rows.append(("intake", "status", "unavailable"))
+    raw = ink.get("raw_psycopg_one_txn_per_row")
+    if raw:
+        rows.append(
+            (
+                "intake",
+                "raw insert ceiling /s (p50/p99 ms)",
+                f"{raw['per_second']:.0f} ({raw['p50_ms']}/{raw['p99_ms']})",
+            )
+        )
     for key, val in ink.items():
-        if isinstance(val, dict) and "per_second" in val:
-            rows.append(("intake", f"{key} /s", f"{val['per_second']:.0f}"))
+        if key.startswith("intake_") and isinstance(val, dict) and "per_second" in val:
+            rows.append(
+                (
+                    "intake",
+                    f"{key} /s (x ceiling, p50/p99 ms)",
+                    f"{val['per_second']:.0f} (x{val.get('ratio_to_ceiling')}, "
+                    f"{val.get('p50_ms')}/{val.get('p99_ms')})",
+                )
+            )
     for name, err in (results.get("errors") or {}).items():
         rows.append((name, "ERROR", err.splitlines()[-1][:60]))
     w = [max(len(r[i]) for r in rows) for i in range(3)]
