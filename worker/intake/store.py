@@ -188,16 +188,28 @@ class BatchStore:
     def _write(self, conn: Connection | None, batch: list[_Item]) -> Connection | None:
         """Store ``batch`` and settle every request in it; the connection to keep."""
         events = [item[0] for item in batch]
+        raws = [item[1] for item in batch]
+        kept = conn is not None
         try:
-            if conn is None:
+            try:
+                if conn is None:
+                    conn = _connect(self.engine)
+                with _transaction(conn):
+                    new = inbox.store_events(conn, events, source=SOURCE, now=_now(), raw=raws)
+            except OperationalError:
+                if not kept:
+                    raise
+                # A kept connection that the server dropped (a restart, a fail-over, an
+                # idle timeout): once more on a fresh, pinged one.  Safe whether or not the
+                # first attempt committed: the INSERT ignores ids already there (they
+                # answer "duplicate" and stay pending for redrive, as after a 503).
+                conn = self._release(conn)
                 conn = _connect(self.engine)
-            with _transaction(conn):
-                new = inbox.store_events(
-                    conn, events, source=SOURCE, now=_now(), raw=[item[1] for item in batch]
-                )
+                with _transaction(conn):
+                    new = inbox.store_events(conn, events, source=SOURCE, now=_now(), raw=raws)
         except (OperationalError, PoolTimeout) as exc:
-            # The database (or the connection) is gone: every request of the batch gets
-            # the error, and the next batch starts from a fresh, pinged connection.
+            # The database is gone: every request of the batch gets the error (503), and
+            # the next batch starts from a fresh, pinged connection.
             _settle(batch, [exc] * len(batch))
             return self._release(conn)
         except Exception:
