@@ -34,7 +34,7 @@ them in one statement, commits, and only then answers each of them.  One commit 
 serves many webhooks, and the per-statement overhead is paid once per batch.  A lone
 webhook never waits for company: batches form only from requests that arrived during the
 previous commit.  With batching off, each webhook is one INSERT in its own transaction,
-in the threadpool.
+by one of 16 writers.
 """
 
 from worker.intake.app import create_app
