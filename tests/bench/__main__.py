@@ -54,13 +54,15 @@ def _reconcile(quick: bool) -> tuple[dict[str, Any], str]:
 
 
 def _intake(quick: bool) -> tuple[dict[str, Any], str]:
-    from tests.bench import intake
+    from tests.bench import intake, intake_phases
 
     if quick:
         res = intake.run(seconds=1.0, concurrency=8, workers=(1,), batches=(100,), warmup=0.3)
+        res["phases"] = intake_phases.run(n=2000)
     else:
         res = intake.run(seconds=4.0, warmup=1.0)
-    return res, intake.table(res)
+        res["phases"] = intake_phases.run(n=20_000)
+    return res, intake.table(res) + "\n" + intake_phases.table(res["phases"])
 
 
 RUNNERS: dict[str, Callable[[bool], tuple[dict[str, Any], str]]] = {
@@ -117,6 +119,9 @@ def summary(results: dict[str, Any]) -> str:
                 f"{raw['per_second']:.0f} ({raw['p50_ms']}/{raw['p99_ms']})",
             )
         )
+    if ink.get("target"):
+        met = ink["target"]["met_by"]
+        rows.append(("intake", "target x0.8, p99 < 50 ms met by", ", ".join(met) or "none"))
     for key, val in ink.items():
         if key.startswith("intake_") and isinstance(val, dict) and "per_second" in val:
             rows.append(

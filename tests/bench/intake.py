@@ -375,11 +375,19 @@ def run(
         "before": before["per_second"],
         "after": after["per_second"],
     }
+    met = []
     for key, res in results.items():
         if key.startswith("intake_"):
             res["ratio_to_ceiling"] = round(res["per_second"] / ceiling["per_second"], 2)
+            if res["ratio_to_ceiling"] >= TARGET_RATIO and (res["p99_ms"] or 1e9) < TARGET_P99_MS:
+                met.append(key)
+    results["target"] = {"ratio": TARGET_RATIO, "p99_ms": TARGET_P99_MS, "met_by": met}
     results["loadavg_after"] = loadavg()
     return results
+
+
+TARGET_RATIO = 0.8  # of the raw insert ceiling, at the same concurrency (issue 13)
+TARGET_P99_MS = 50.0
 
 
 def table(results: dict[str, Any]) -> str:
@@ -403,6 +411,12 @@ def table(results: dict[str, Any]) -> str:
                 f"{res['postgres_cpu_us']} us, loadgen {res['loadgen_cpu_us']} us "
                 f"({res['loadgen_cores']} of a core)"
             )
+    target = results.get("target")
+    if target:
+        lines.append(
+            f"    target: >= x{target['ratio']} of the ceiling with p99 < {target['p99_ms']:g} ms: "
+            + (f"met by {', '.join(target['met_by'])}" if target["met_by"] else "NOT met")
+        )
     return "\n".join(lines)
 
 

@@ -5,9 +5,10 @@
 Each phase runs the intake's real code in a tight loop, alone, on this process's CPU clock
 (``time.thread_time`` / ``time.process_time``), so the figures are CPU, not wall time:
 
-- HTTP parse + ASGI cycle + response framing: uvicorn's httptools protocol on a uvloop
-  loop, fed whole requests through an in-memory transport, in front of an app that reads
-  the body and sends the intake's 200 answer (what uvicorn costs beyond our handler).
+- HTTP parse: httptools alone, fed whole requests.
+- ASGI cycle + response framing: uvicorn's httptools protocol on a uvloop loop, fed whole
+  requests through an in-memory transport, in front of an app that reads the body and
+  sends the intake's 200 answer, less the parse (what uvicorn costs beyond our handler).
 - body read, signature, JSON parse, response: the pieces of :class:`worker.intake.app.Webhook`.
 - handler total: ``Webhook.__call__`` end to end with a store that answers at once.
 - queue to writer and back: ``BatchStore.store`` with ``concurrency`` requests in flight
@@ -96,6 +97,27 @@ class _Transport:
 
     def set_protocol(self, _: Any) -> None:
         pass
+
+
+def httptools_parse_us(requests: list[bytes]) -> float:
+    """httptools alone: the C parser fed whole requests, with callbacks that keep nothing."""
+    import httptools
+
+    class Sink:
+        def on_url(self, url: bytes) -> None:
+            pass
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            pass
+
+        def on_body(self, body: bytes) -> None:
+            pass
+
+    parser = httptools.HttpRequestParser(Sink())
+    t0 = time.thread_time()
+    for request in requests:
+        parser.feed_data(request)
+    return (time.thread_time() - t0) / len(requests) * 1e6
 
 
 def http_cycle_us(requests: list[bytes]) -> float:
@@ -206,7 +228,7 @@ def handler_us(requests: list[bytes]) -> dict[str, float]:
         loop.close()
 
 
-def queue_us(n: int, concurrency: int) -> tuple[float, float]:
+def queue_us(n: int, concurrency: int, commit_seconds: float) -> tuple[float, float]:
     """BatchStore round trip with the DB call stubbed: process CPU per event, mean batch."""
     from unittest import mock
 
@@ -218,7 +240,7 @@ def queue_us(n: int, concurrency: int) -> tuple[float, float]:
 
     def fake_store_events(conn: Any, events: Any, **_: Any) -> set[str]:
         sizes.append(len(events))
-        time.sleep(0.0005)  # a commit's wait, GIL released, as psycopg's would be
+        time.sleep(commit_seconds)  # a commit's wait, GIL released, as psycopg's would be
         return {e["id"] for e in events}
 
     engine = create_engine("sqlite://")
@@ -314,22 +336,63 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+LABELS = {
+    "http_parse_us": "HTTP parse (httptools, C)",
+    "asgi_cycle_us": "ASGI cycle + response framing (uvicorn, beyond the parse)",
+    "body_read_us": "body read",
+    "signature_us": "signature (official library, 1 HMAC)",
+    "json_parse_us": "JSON parse + event checks (orjson)",
+    "response_us": "response messages (ours)",
+    "handler_total_us": "handler end to end (the 4 above + metrics + dispatch)",
+    "queue_us": "queue to writer and back (DB stubbed)",
+    "db_writer_us": "DB insert+commit share: writer thread",
+    "db_postgres_us": "DB insert+commit share: PostgreSQL backend",
+}
+
+
 def run(n: int = 20_000, batch: int = 8, concurrency: int = 16) -> dict[str, Any]:
     requests = _requests(n)
     out: dict[str, Any] = {"n": n, "batch": batch}
-    out["HTTP parse + ASGI cycle + response framing (uvicorn/httptools)"] = http_cycle_us(requests)
-    out.update(handler_us(requests))
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        queue, mean_batch = pool.submit(queue_us, n, concurrency).result()
-    out["queue to writer and back (BatchStore, DB stubbed)"] = queue
-    out["mean batch in that run"] = mean_batch
+    out["http_parse_us"] = httptools_parse_us(requests)
+    out["asgi_cycle_us"] = http_cycle_us(requests) - out["http_parse_us"]
+    handler = handler_us(requests)
+    out["body_read_us"] = handler["body read"]
+    out["signature_us"] = handler["signature (official library, 1 HMAC)"]
+    out["json_parse_us"] = handler["JSON parse + event checks (orjson)"]
+    out["response_us"] = handler["response messages (ours)"]
+    out["handler_total_us"] = handler["handler total (all of the above + metrics)"]
     db = db_us(requests[: min(n, 8000)], batch)
-    out[f"DB insert+commit: writer thread, batches of {batch}"] = db["writer thread CPU per row"]
-    out[f"DB insert+commit: PostgreSQL backend, batches of {batch}"] = db[
-        "PostgreSQL backend CPU per row"
-    ]
-    out[f"DB wall per batch of {batch} (ms)"] = db["wall per batch (ms)"]
-    return out
+    out["db_writer_us"] = db["writer thread CPU per row"]
+    out["db_postgres_us"] = db["PostgreSQL backend CPU per row"]
+    out["db_wall_ms"] = db["wall per batch (ms)"]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        queue, mean_batch = pool.submit(queue_us, n, concurrency, out["db_wall_ms"] / 1000).result()
+    out["queue_us"] = queue
+    out["queue_mean_batch"] = mean_batch
+    out["server_user_sum_us"] = (
+        out["http_parse_us"]
+        + out["asgi_cycle_us"]
+        + out["handler_total_us"]
+        + out["queue_us"]
+        + out["db_writer_us"]
+    )
+    return {k: round(v, 1) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def table(res: dict[str, Any]) -> str:
+    lines = [f"intake CPU per webhook by phase, in isolation (n={res['n']}), microseconds:"]
+    for key, label in LABELS.items():
+        note = ""
+        if key == "queue_us":
+            note = f"  (mean batch {res['queue_mean_batch']})"
+        elif key.startswith("db_"):
+            note = f"  (batches of {res['batch']}, {res['db_wall_ms']} ms each)"
+        lines.append(f"    {label:58} {res[key]:7.1f}{note}")
+    lines.append(
+        f"    {'sum in the server (parse+cycle+handler+queue+writer)':58} "
+        f"{res['server_user_sum_us']:7.1f}"
+    )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -337,12 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=8)
     a = ap.parse_args(argv)
-    res = run(a.n, a.batch)
-    print(f"intake CPU per webhook by phase (n={res['n']}), microseconds:")
-    for key, value in res.items():
-        if key in ("n", "batch"):
-            continue
-        print(f"  {key:60} {value:8.1f}")
+    print(table(run(a.n, a.batch)))
 
 
 if __name__ == "__main__":
