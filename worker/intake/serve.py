@@ -69,6 +69,8 @@ def serve(
         # Nothing here reads the client address, and the middleware that would rewrite
         # it from X-Forwarded-For runs on every request.
         proxy_headers=False,
+        # No "server: uvicorn" on every answer: it tells a prober what runs here.
+        server_header=False,
     )
     sock = listening_socket(host, port)
     try:
