@@ -348,8 +348,13 @@ def run(
         "cpus": os.cpu_count(),
         "loadavg_before": loadavg(),
     }
+    # The machine is shared and its load moves within a run: the ceiling is measured
+    # before the first intake phase and after every one, and each phase is compared with
+    # the mean of the two ceilings around it (the same conditions), and with the run's
+    # best ceiling (the harder figure).
+    ceilings: list[dict[str, Any]] = []
     with throwaway_schema("bench_", tables=True) as url:
-        before = raw_insert_rate(url, seconds, concurrency)
+        ceilings.append(raw_insert_rate(url, seconds, concurrency))
         for n_workers in workers:
             for batch in batches:
                 label = f"intake_{n_workers}w_{'batched' if batch > 1 else 'direct'}"
@@ -365,20 +370,25 @@ def run(
                         db_url=url,
                         app_name=app_name,
                     )
+                res["loadavg"] = loadavg()
+                ceilings.append(raw_insert_rate(url, seconds, concurrency))
+                around = ceilings[-2:]
+                res["ceiling"] = {
+                    "per_second": round(sum(c["per_second"] for c in around) / 2, 1),
+                    "p50_ms": around[0]["p50_ms"],
+                    "p99_ms": around[0]["p99_ms"],
+                }
                 results[label] = res
-        after = raw_insert_rate(url, seconds, concurrency)
-    # The machine is shared: the ceiling is measured before and after the intake phases,
-    # and every ratio is taken against the higher of the two (the harder target).
-    ceiling = max(before, after, key=lambda r: float(r["per_second"]))
+    best = max(ceilings, key=lambda r: float(r["per_second"]))
     results["raw_psycopg_one_txn_per_row"] = {
-        **ceiling,
-        "before": before["per_second"],
-        "after": after["per_second"],
+        **best,
+        "all_per_second": [c["per_second"] for c in ceilings],
     }
     met = []
     for key, res in results.items():
         if key.startswith("intake_"):
-            res["ratio_to_ceiling"] = round(res["per_second"] / ceiling["per_second"], 2)
+            res["ratio_to_ceiling"] = round(res["per_second"] / res["ceiling"]["per_second"], 2)
+            res["ratio_to_best_ceiling"] = round(res["per_second"] / best["per_second"], 2)
             if res["ratio_to_ceiling"] >= TARGET_RATIO and (res["p99_ms"] or 1e9) < TARGET_P99_MS:
                 met.append(key)
     results["target"] = {"ratio": TARGET_RATIO, "p99_ms": TARGET_P99_MS, "met_by": met}
@@ -396,20 +406,25 @@ def table(results: dict[str, Any]) -> str:
         f"intake: signed webhooks/s into PostgreSQL, concurrency {results['concurrency']}, "
         f"{results['seconds']}s per phase, {results['cpus']} CPUs, load average "
         f"{results['loadavg_before']} -> {results['loadavg_after']}",
-        f"    {'raw psycopg, 1 txn/row (ceiling)':34} {raw['per_second']:>8.1f}/s"
-        f"            p50 {raw['p50_ms']} ms  p99 {raw['p99_ms']} ms  "
-        f"(before {raw['before']}/s, after {raw['after']}/s; "
-        f"CPU/row: client {raw['client_cpu_us']} us, postgres {raw['postgres_cpu_us']} us)",
+        f"    ceiling (raw psycopg, 1 txn/row) before and after each phase: "
+        f"{', '.join(f'{c:.0f}' for c in raw['all_per_second'])} /s; best {raw['per_second']:.0f}/s"
+        f" (p50 {raw['p50_ms']} ms, p99 {raw['p99_ms']} ms; CPU/row: client "
+        f"{raw['client_cpu_us']} us, postgres {raw['postgres_cpu_us']} us)",
     ]
     for key, res in results.items():
         if key.startswith("intake_"):
+            c = res["ceiling"]
             lines.append(
-                f"    {key:34} {res['per_second']:>8.1f}/s  x{res['ratio_to_ceiling']:<5}"
-                f"  p50 {res['p50_ms']} ms  p99 {res['p99_ms']} ms  errors {res['errors']}"
-                f"  CPU/webhook: server {res['server_cpu_us']} us "
+                f"    {key:18} {res['per_second']:>7.0f}/s p50 {res['p50_ms']} ms p99 "
+                f"{res['p99_ms']} ms  | ceiling around it {c['per_second']:.0f}/s p50 "
+                f"{c['p50_ms']} ms p99 {c['p99_ms']} ms  | x{res['ratio_to_ceiling']} "
+                f"(x{res['ratio_to_best_ceiling']} of the best)  errors {res['errors']}"
+            )
+            lines.append(
+                f"    {'':18} CPU/webhook: server {res['server_cpu_us']} us "
                 f"({res['server_kernel_cpu_us']} in the kernel), postgres "
-                f"{res['postgres_cpu_us']} us, loadgen {res['loadgen_cpu_us']} us "
-                f"({res['loadgen_cores']} of a core)"
+                f"{res['postgres_cpu_us']} us, load generator {res['loadgen_cpu_us']} us "
+                f"({res['loadgen_cores']} of a core); load average {res['loadavg'][0]}"
             )
     target = results.get("target")
     if target:
