@@ -12,8 +12,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# make demo BLNK=1: the books in the Blnk-compatible stand-in (RECON_LEDGER=blnk).
 demo: $(STAMP)
-	$(BIN)/python -m tests.demo
+	$(BIN)/python -m tests.demo $(if $(BLNK),--blnk,)
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker reconcile ledger tests

@@ -41,11 +41,17 @@ def stripe_says(payment: Payment | None) -> str:
     if payment is None:
         return "Stripe has no such PaymentIntent"
     extra = f", last error: {payment.last_payment_error}" if payment.last_payment_error else ""
+    status = payment.status.value if payment.status else "of unknown status"
+    received = "unknown" if payment.amount_received is None else payment.amount_received
     return (
-        f"Stripe says {payment.id} is {payment.status.value} "
-        f"(amount {payment.amount}, received {payment.amount_received} "
-        f"{payment.currency}{extra})"
+        f"Stripe says {payment.id} is {status} "
+        f"(amount {_or_unknown(payment.amount)}, received {received} "
+        f"{payment.currency or 'in an unknown currency'}{extra})"
     )
+
+
+def _or_unknown(value: int | None) -> str:
+    return "unknown" if value is None else str(value)
 
 
 def _refuse(why: str, payment: Payment | None) -> FixCheck:
@@ -73,6 +79,8 @@ def check_fix(
         state = _not_inflight(entry)
         if state is not None or entry is None:
             return _refuse(f"nothing to commit, the ledger entry is {state}", payment)
+        if payment.amount_received is None or payment.currency is None or payment.problems:
+            return _refuse("Stripe's data lacks or garbles the received amount", payment)
         if entry.currency.upper() != payment.currency.upper():
             return _refuse(f"ledger currency {entry.currency} differs", payment)
         # Never credit more than Stripe received, whatever the hold says.
@@ -90,6 +98,8 @@ def check_fix(
     if action is FixAction.CREATE_RECORD:
         if payment is None or payment.status is not PaymentStatus.SUCCEEDED:
             return _refuse("create-record needs a succeeded payment", payment)
+        if payment.amount_received is None or payment.currency is None or payment.problems:
+            return _refuse("Stripe's data lacks or garbles the received amount", payment)
         if entry is not None:
             return FixCheck(
                 refusal=f"refused: the ledger already has {entry.reference} ({entry.status.value})"

@@ -23,7 +23,7 @@ from sqlalchemy import Connection
 
 from ledger.errors import LedgerError
 from ledger.model import NewTransaction, Transaction, TxnStatus
-from ledger.protocol import LINK_KEY, Ledger
+from ledger.protocol import LINK_KEY, Ledger, rehearsal
 from reconcile import tickets as tk
 from reconcile.decide import decide
 from reconcile.guard import GuardTripped
@@ -332,7 +332,8 @@ class Pass:
         known_open: bool | None = None,
     ) -> PaymentOutcome:
         svc = self.svc
-        ledger = svc.ledger_for(conn)
+        with rehearsal(conn, self.dry_run):
+            ledger = svc.ledger_for(conn)
         now = svc.clock()
         txn = ledger.find_linked(payment_id, lock=True)
         entry = to_entry(txn)
@@ -409,7 +410,7 @@ class Pass:
                 reason=f"reconciled: {d.reason}",
                 by=self.actor,
                 now=now,
-                keep=d.ticket.kind if d.ticket else None,
+                keep=d.keeps | ({d.ticket.kind} if d.ticket else set()),
             )
             if resolved:
                 self._count("ticket_resolved", len(resolved))

@@ -52,6 +52,7 @@ __all__ = [
     "event_payment_id",
     "initial_status",
     "is_handled",
+    "is_thin",
     "lag",
     "load",
     "mark_enqueued",
@@ -59,17 +60,23 @@ __all__ = [
     "mark_ignored",
     "mark_processed",
     "parse_event",
+    "related_object",
     "store_event",
     "store_events",
     "stored_error",
+    "v1_type",
 ]
 
 Status = Literal["pending", "processed", "ignored", "failed"]
 
 # Event families that carry (or point at) a PaymentIntent.  ``charge.`` also covers
-# ``charge.refund.*`` and ``charge.dispute.*``.
-HANDLED_PREFIXES: Final = ("payment_intent.", "charge.", "refund.")
+# ``charge.refund.*`` and ``charge.dispute.*``; an early fraud warning names its payment.
+HANDLED_PREFIXES: Final = ("payment_intent.", "charge.", "refund.", "radar.early_fraud_warning.")
 _SELF_ID_PREFIXES: Final = ("payment_intent.",)
+# Thin events (event destinations, ``object: "v2.core.event"``) name v1 events ``v1.<type>``
+# and carry no object, only ``related_object`` {id, type, url} to fetch it by.
+THIN: Final = "v2.core.event"
+_THIN_PREFIX: Final = "v1."
 
 MAX_ERROR_CHARS: Final = 2000
 _ID_MAX: Final = 255
@@ -130,6 +137,8 @@ def parse_event(body: bytes | str) -> dict[str, Any]:
         raise InvalidEvent("missing event type")
     if len(event_type) > _TYPE_MAX:
         raise InvalidEvent("event type too long")
+    if event.get("object") == THIN:
+        return _thin(event)
     created = event.get("created")
     if not isinstance(created, int) or isinstance(created, bool):
         raise InvalidEvent("missing or non-integer 'created'")
@@ -143,14 +152,58 @@ def parse_event(body: bytes | str) -> dict[str, Any]:
     return event
 
 
+def _thin(event: dict[str, Any]) -> dict[str, Any]:
+    created = event.get("created")
+    try:
+        when = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidEvent("thin event: 'created' is not an ISO 8601 time") from None
+    if not isinstance(created, str) or when.tzinfo is None:
+        raise InvalidEvent("thin event: 'created' is not an ISO 8601 time")
+    related = event.get("related_object")
+    if related is not None and not (
+        isinstance(related, dict)
+        and isinstance(related.get("id"), str)
+        and isinstance(related.get("type"), str)
+        and len(related["id"]) <= _ID_MAX
+    ):
+        raise InvalidEvent("thin event: malformed related_object")
+    # The inbox keys its time on Unix seconds, like every v1 event.
+    return {**event, "created": int(when.timestamp()), "created_iso": created}
+
+
+def is_thin(event: Mapping[str, Any]) -> bool:
+    return event.get("object") == THIN
+
+
+def v1_type(event_type: str) -> str:
+    """A thin event's type without its ``v1.`` prefix; a v1 event's type as it is."""
+    return event_type.removeprefix(_THIN_PREFIX)
+
+
 def is_handled(event_type: str) -> bool:
-    return event_type.startswith(HANDLED_PREFIXES)
+    return v1_type(event_type).startswith(HANDLED_PREFIXES)
+
+
+def related_object(event: Mapping[str, Any]) -> tuple[str, str] | None:
+    """A thin event's (related object type, id)."""
+    related = event.get("related_object")
+    if isinstance(related, Mapping):
+        kind, ref = related.get("type"), related.get("id")
+        if isinstance(kind, str) and isinstance(ref, str):
+            return kind, ref
+    return None
 
 
 def event_payment_id(event: Mapping[str, Any]) -> str | None:
-    """The PaymentIntent an event is about, when it names one."""
+    """The PaymentIntent an event is about, when the event itself names one."""
     event_type = event.get("type")
     if not isinstance(event_type, str) or not is_handled(event_type):
+        return None
+    if is_thin(event):
+        related = related_object(event)
+        if related is not None and related[0] == "payment_intent":
+            return related[1]
         return None
     data = event.get("data")
     obj = data.get("object") if isinstance(data, Mapping) else None
@@ -159,8 +212,8 @@ def event_payment_id(event: Mapping[str, Any]) -> str | None:
     if event_type.startswith(_SELF_ID_PREFIXES):
         ref: Any = obj.get("id")
     else:
-        # Charges, refunds and disputes point at their PaymentIntent, as an id or (when
-        # the event was built from an expanded object) as the object itself.
+        # Charges, refunds, disputes and fraud warnings point at their PaymentIntent, as an
+        # id or (when the event was built from an expanded object) as the object itself.
         ref = obj.get("payment_intent")
         if isinstance(ref, Mapping):
             ref = ref.get("id")
@@ -170,9 +223,14 @@ def event_payment_id(event: Mapping[str, Any]) -> str | None:
 
 
 def initial_status(event: Mapping[str, Any]) -> Status:
-    """``pending`` when a worker has something to do with the event, else ``ignored``."""
+    """``pending`` when a worker has something to do with the event, else ``ignored``.
+
+    A thin event about a charge, refund, dispute or fraud warning names no PaymentIntent
+    itself: the worker fetches its related object to find it."""
     event_type = event.get("type")
-    if isinstance(event_type, str) and is_handled(event_type) and event_payment_id(event):
+    if not isinstance(event_type, str) or not is_handled(event_type):
+        return "ignored"
+    if event_payment_id(event) or (is_thin(event) and related_object(event)):
         return "pending"
     return "ignored"
 

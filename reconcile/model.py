@@ -32,24 +32,112 @@ class PaymentStatus(enum.StrEnum):
         return self in (PaymentStatus.SUCCEEDED, PaymentStatus.CANCELED)
 
 
+class DisputeStatus(enum.StrEnum):
+    """A Dispute's status on Stripe (``warning_*`` are inquiries, before any chargeback)."""
+
+    WARNING_NEEDS_RESPONSE = "warning_needs_response"
+    WARNING_UNDER_REVIEW = "warning_under_review"
+    WARNING_CLOSED = "warning_closed"
+    NEEDS_RESPONSE = "needs_response"
+    UNDER_REVIEW = "under_review"
+    APPEAL_NEEDS_RESPONSE = "appeal_needs_response"
+    APPEAL_UNDER_REVIEW = "appeal_under_review"
+    WON = "won"
+    LOST = "lost"
+    PREVENTED = "prevented"
+
+
+# Over for good: an inquiry that closed, a dispute won, lost, or prevented before it began.
+_CLOSED_DISPUTES = frozenset(
+    {DisputeStatus.WARNING_CLOSED, DisputeStatus.WON, DisputeStatus.LOST, DisputeStatus.PREVENTED}
+)
+_AWAITING_EVIDENCE = frozenset(
+    {
+        DisputeStatus.WARNING_NEEDS_RESPONSE,
+        DisputeStatus.NEEDS_RESPONSE,
+        DisputeStatus.APPEAL_NEEDS_RESPONSE,
+    }
+)
+
+
 @dataclass(frozen=True)
-class Payment:
-    """What Stripe says about one PaymentIntent (a small frozen view of it)."""
+class Dispute:
+    """One Dispute of a payment's charge.  ``status`` None: a status this build does not know,
+    treated as open (a person looks)."""
 
     id: str
-    status: PaymentStatus
-    amount: int
-    amount_received: int
-    currency: str
-    created: datetime
+    status: DisputeStatus | None
+    amount: int | None = None
+    currency: str | None = None
+    reason: str | None = None
+    evidence_due_by: datetime | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.status not in _CLOSED_DISPUTES
+
+    @property
+    def awaiting_evidence(self) -> bool:
+        return self.status in _AWAITING_EVIDENCE
+
+
+@dataclass(frozen=True)
+class FraudWarning:
+    """A Radar early fraud warning on the payment's charge."""
+
+    id: str
+    fraud_type: str | None = None
+    actionable: bool | None = None
+
+
+@dataclass(frozen=True)
+class Payment:
+    """What Stripe says about one PaymentIntent (a small frozen view of it).
+
+    Absent is unknown, never zero: a field Stripe did not send (an older API version, an
+    event payload, an emulator) is None, and ``decide`` moves no money on it.  Fields that
+    were sent but malformed (wrong JSON type, out of range, not an ISO currency) are None
+    too, and ``problems`` says what was wrong with them.
+
+    Refunds, disputes and fraud warnings live on the charge and on objects of their own; an
+    event payload never carries them (``expand`` does not apply to events), so there they
+    are None: unknown, which is not "none".
+    """
+
+    id: str
+    status: PaymentStatus | None
+    amount: int | None
+    amount_received: int | None
+    currency: str | None
+    created: datetime | None
     last_payment_error: str | None = None
-    amount_refunded: int = 0
-    disputed: bool = False
-    amount_disputed: int = 0
+    # The latest charge failed (``latest_charge.status == "failed"``): a failed attempt even
+    # after Stripe cleared ``last_payment_error`` on a later update of the PaymentIntent.
+    charge_failed: bool = False
+    charge_failure_code: str | None = None
+    # Money refunded to the customer (never the uncaptured remainder that API versions
+    # before 2025-03-31 also record as a refund); None: unknown.
+    amount_refunded: int | None = None
+    disputes: tuple[Dispute, ...] | None = None
+    fraud_warnings: tuple[FraudWarning, ...] | None = None
+    payment_method_type: str | None = None
+    # When an authorised, uncaptured payment is cancelled by Stripe unless captured.
+    capture_before: datetime | None = None
     customer: str | None = None
     customer_email: str | None = None
     livemode: bool = False
     metadata: Mapping[str, str] = field(default_factory=dict)
+    problems: tuple[str, ...] = ()
+
+    @property
+    def disputed(self) -> bool:
+        """A dispute is open or was lost (known from the Dispute objects)."""
+        return any(d.open or d.status is DisputeStatus.LOST for d in self.disputes or ())
+
+    @property
+    def aftermath_known(self) -> bool:
+        """Refunds and disputes were read (an expanded charge), not merely absent."""
+        return self.amount_refunded is not None and self.disputes is not None
 
 
 class EntryStatus(enum.StrEnum):
@@ -78,12 +166,32 @@ class Entry:
         return self.amount - self.committed_amount - self.voided_amount
 
 
+DEFAULT_SLA_BY_METHOD: Mapping[str, timedelta] = {
+    "us_bank_account": timedelta(days=7),
+    "sepa_debit": timedelta(days=15),
+    "bacs_debit": timedelta(days=7),
+    "au_becs_debit": timedelta(days=7),
+    "acss_debit": timedelta(days=8),
+}
+
+
 @dataclass(frozen=True)
 class Policy:
     """Knobs of the decision table (RECON_FAILED_GRACE, RECON_PROCESSING_SLA, ...)."""
 
     failed_grace: timedelta = timedelta(hours=1)
     processing_sla: timedelta = timedelta(hours=24)
+    # Bank debits take days to settle (ACH debit up to 4 business days, SEPA Direct Debit up
+    # to 14 days): a card's SLA would flood CX and trip the blast-radius guard with them.
+    processing_sla_by_method: Mapping[str, timedelta] = field(
+        default_factory=lambda: dict(DEFAULT_SLA_BY_METHOD)
+    )
+    # Stripe cancels an authorised, uncaptured card payment after 7 days unless captured;
+    # the merchant must act before that, so it is ticketed this long before the deadline.
+    capture_window: timedelta = timedelta(days=7)
+    capture_warning: timedelta = timedelta(days=2)
+    # A dispute whose evidence is due within this long is critical.
+    dispute_urgent: timedelta = timedelta(days=3)
     create_missing: bool = False
     # Metadata keys on the PaymentIntent that name the ledger balances for a record that
     # ``create_missing`` creates; without a destination the record cannot be created.
@@ -111,6 +219,10 @@ class TicketKind(enum.StrEnum):
     PAID_BUT_VOIDED = "paid_but_voided"
     REFUND_AFTER_CREDIT = "refund_after_credit"
     DISPUTE_OPENED = "dispute_opened"
+    FRAUD_WARNING = "fraud_warning"
+    # Stripe's data for the payment lacks a field the decision needs, or carries one that
+    # is malformed: nothing was changed, a person looks.
+    UNVERIFIABLE_PAYMENT = "unverifiable_payment"
     INCIDENT = "incident"
 
 
@@ -151,8 +263,10 @@ class Decision:
     ticket: TicketSpec | None = None
     create: CreateSpec | None = None
     # True when this pass finds the payment reconciled: open tickets for it (other than
-    # ``ticket``'s kind) close themselves.
+    # ``ticket``'s kind and ``keeps``) close themselves.
     resolves: bool = False
+    # Kinds this decision could not judge (their evidence was not read): left open.
+    keeps: frozenset[TicketKind] = frozenset()
 
     @property
     def changes_ledger(self) -> bool:

@@ -39,6 +39,8 @@ class Hooks:
     ticket: Callable[[str, str], None] = _noop
     run: Callable[[str, str], None] = _noop
     stripe_request: Callable[[str, str], None] = _noop
+    # (cause) when an event is stored but not acted on: another mode or Connect account.
+    event_refused: Callable[[str], None] = _noop
 
 
 @dataclass
@@ -55,3 +57,10 @@ class Services:
     claim_lease: timedelta = timedelta(minutes=10)
     clock: Callable[[], datetime] = utcnow
     hooks: Hooks = field(default_factory=Hooks)
+    # The mode of the API key (True live, False test; None: unknown, not checked) and the
+    # Connect accounts whose events this service acts on (none: only the platform's own).
+    # An event from another mode or account is stored and never acted on.
+    livemode: bool | None = None
+    accounts: frozenset[str] = frozenset()
+    # How far back a catch-up with no stored cursor reads (Stripe keeps 30 days of events).
+    catch_up_first_window: timedelta = timedelta(days=3)

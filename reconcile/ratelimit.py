@@ -1,9 +1,12 @@
 """Pacing of Stripe API requests, in one process or shared by every worker through Redis.
 
-Stripe's read limit is per account, not per process: 25 requests per second in test mode,
-100 in live mode.  Every worker process and thread therefore draws from one budget (by
-default 20 per second, below test mode's 25, so that a dashboard user or a deploy script
-on the same account does not push us into 429s).
+Stripe limits requests per account, not per process, at two levels that both apply: a
+global budget (100 requests per second in live mode, 25 in test mode) and a budget per
+endpoint (25 per second by default, e.g. PaymentIntent retrieve; each named operation is
+its own endpoint) — tests/stripe_server/FACTS.md [L1][L2].  Every worker process and thread
+therefore draws from one global budget and one budget per endpoint, by default at 80% of
+Stripe's (so that a dashboard user or a deploy script on the same account does not push us
+into 429s).
 
 Both limiters implement GCRA (the generic cell rate algorithm): a single "theoretical
 arrival time" per bucket, which is equivalent to a token bucket of ``burst`` tokens
@@ -26,7 +29,9 @@ from typing import Protocol
 import redis
 
 __all__ = [
+    "DEFAULT_ENDPOINT_RATE",
     "DEFAULT_RATE",
+    "EndpointLimiters",
     "LocalRateLimiter",
     "RateLimiter",
     "RedisRateLimiter",
@@ -34,7 +39,8 @@ __all__ = [
     "make_rate_limiter",
 ]
 
-DEFAULT_RATE = 20.0
+DEFAULT_RATE = 20.0  # 80% of test mode's 25/s; live mode's 100/s allows 80
+DEFAULT_ENDPOINT_RATE = 20.0  # 80% of Stripe's default 25/s per endpoint
 DEFAULT_KEY = "recon:stripe:rate"
 
 logger = logging.getLogger(__name__)
@@ -210,13 +216,44 @@ class RedisRateLimiter:
         )
 
 
+def _client(redis_url: str) -> redis.Redis:
+    # Short timeouts: a hung Redis must turn into the local fallback quickly, not into a
+    # worker blocked forever before its Stripe call.
+    return redis.Redis.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=2.0)
+
+
 def make_rate_limiter(
     redis_url: str | None, rate: float = DEFAULT_RATE, key: str = DEFAULT_KEY
 ) -> RateLimiter:
     """The shared Redis limiter when a Redis URL is configured, else a per-process one."""
     if not redis_url:
         return LocalRateLimiter(rate)
-    # Short timeouts: a hung Redis must turn into the local fallback quickly, not into a
-    # worker blocked forever before its Stripe call.
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=2.0, socket_timeout=2.0)
-    return RedisRateLimiter(client, key=key, rate_per_second=rate)
+    return RedisRateLimiter(_client(redis_url), key=key, rate_per_second=rate)
+
+
+class EndpointLimiters:
+    """One budget per Stripe endpoint (``payment_intents.retrieve``...), made on first use,
+    in Redis (key ``<key>:<endpoint>``) when a Redis URL is configured."""
+
+    def __init__(
+        self, redis_url: str | None, rate: float = DEFAULT_ENDPOINT_RATE, key: str = DEFAULT_KEY
+    ) -> None:
+        _check(rate, None)
+        self.rate = rate
+        self.key = key
+        self._redis = _client(redis_url) if redis_url else None
+        self._limiters: dict[str, RateLimiter] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, endpoint: str) -> RateLimiter:
+        with self._lock:
+            limiter = self._limiters.get(endpoint)
+            if limiter is None:
+                if self._redis is None:
+                    limiter = LocalRateLimiter(self.rate)
+                else:
+                    limiter = RedisRateLimiter(
+                        self._redis, key=f"{self.key}:{endpoint}", rate_per_second=self.rate
+                    )
+                self._limiters[endpoint] = limiter
+            return limiter

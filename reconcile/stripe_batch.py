@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from reconcile.model import Payment
-from reconcile.stripe_gateway import PAGE_SIZE, StripeGateway, epoch_seconds
+from reconcile.stripe_gateway import PAGE_SIZE, InvalidStripeId, StripeGateway, epoch_seconds
 from reconcile.stripe_objects import payment_from_stripe
 
 __all__ = ["fetch_many"]
@@ -40,7 +40,12 @@ def fetch_many(
     fetch.run()
     for payment_id in wanted:
         if payment_id not in fetch.results:
-            fetch.results[payment_id] = gateway.retrieve(payment_id)
+            try:
+                fetch.results[payment_id] = gateway.retrieve(payment_id)
+            except InvalidStripeId:
+                # A ledger reference that is no PaymentIntent id: Stripe cannot know it, and
+                # it must not stop the rest of the batch (it is decided as not found).
+                fetch.results[payment_id] = None
     return {payment_id: fetch.results[payment_id] for payment_id in wanted}
 
 

@@ -23,12 +23,14 @@ import functools
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from urllib.parse import quote
 
 import stripe
 import tenacity
@@ -36,7 +38,7 @@ import tenacity
 from reconcile.model import Payment
 from reconcile.ratelimit import DEFAULT_RATE, LocalRateLimiter, RateLimiter
 from reconcile.redact import redact
-from reconcile.stripe_objects import payment_from_stripe
+from reconcile.stripe_objects import needs_refund_list, payment_from_stripe
 
 if TYPE_CHECKING:
     from stripe._base_address import BaseAddresses
@@ -62,6 +64,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 PAGE_SIZE: Final = 100  # Stripe's maximum ``limit``
+# The API version pinned on every request (``Stripe-Version``), so that what we read has
+# the shape reconcile/stripe_objects.py was written for, whatever the account's default or
+# the installed library's.  Override with RECON_STRIPE_API_VERSION.
+STRIPE_API_VERSION: Final = "2026-10-28.endive"
+# Stripe object ids: a prefix and letters, digits and underscores.  Anything else (a "/",
+# "?", "..", spaces) would change the URL it is put into, so it never reaches one.
+_ID = re.compile(r"[A-Za-z][A-Za-z0-9]*_[A-Za-z0-9_]{1,250}")
 EVENTS_RETENTION: Final = timedelta(days=30)
 _CLOCK_SKEW: Final = 300
 
@@ -76,6 +85,18 @@ _T = TypeVar("_T")
 
 class StripeGatewayError(Exception):
     """Base of every error this module raises."""
+
+
+class InvalidStripeId(StripeGatewayError, ValueError):
+    """Not the id of a Stripe object (it is never sent to Stripe)."""
+
+
+def check_id(value: str, prefix: str, what: str) -> str:
+    """``value`` when it is a well-formed Stripe id starting ``prefix``; else InvalidStripeId."""
+    if not isinstance(value, str) or not value.startswith(prefix) or not _ID.fullmatch(value):
+        shown = repr(value)[:80]
+        raise InvalidStripeId(f"not {what} id: {shown} (expected {prefix}... )")
+    return value
 
 
 class StripeUnavailable(StripeGatewayError):
@@ -115,12 +136,16 @@ class _Transient(Exception):
         detail: str,
         http_status: int | None,
         retry_after: float | None,
+        *,
+        final: bool = False,
     ) -> None:
         super().__init__(detail)
         self.outcome = outcome
         self.detail = detail
         self.http_status = http_status
         self.retry_after = retry_after
+        # Stripe said ``Stripe-Should-Retry: false``: the same request will fail again.
+        self.final = final
 
 
 class _Missing:
@@ -160,6 +185,8 @@ class StripeGateway:
         api_base: str | None = None,
         limiter: RateLimiter | None = None,
         *,
+        endpoint_limiter: Callable[[str], RateLimiter] | None = None,
+        api_version: str = STRIPE_API_VERSION,
         max_attempts: int = 6,
         max_elapsed: float = 60.0,
         backoff_initial: float = 0.5,
@@ -180,6 +207,8 @@ class StripeGateway:
             raise ValueError("max_attempts must be at least 1")
         self.api_base = api_base.rstrip("/") if api_base else None
         self.limiter: RateLimiter = limiter or LocalRateLimiter(DEFAULT_RATE)
+        self.endpoint_limiter = endpoint_limiter
+        self.api_version = api_version
         self.max_attempts = max_attempts
         self.max_elapsed = max_elapsed
         self.backoff_initial = backoff_initial
@@ -202,6 +231,7 @@ class StripeGateway:
             api_key,
             base_addresses=base_addresses,
             max_network_retries=0,
+            stripe_version=api_version,
             http_client=http_client or stripe.RequestsClient(timeout=timeout),
         )
 
@@ -215,10 +245,9 @@ class StripeGateway:
     # ----------------------------------------------------------------- public reads
 
     def retrieve(self, payment_id: str) -> Payment | None:
-        """One PaymentIntent with its latest charge, or None when Stripe has no such object."""
-        if not payment_id or payment_id != payment_id.strip():
-            # an empty id would turn the retrieve URL into the list URL
-            raise ValueError(f"not a PaymentIntent id: {payment_id!r}")
+        """One PaymentIntent with its latest charge (and its disputes when the charge says
+        it is disputed), or None when Stripe has no such object."""
+        check_id(payment_id, "pi_", "a PaymentIntent")
         params: PaymentIntentRetrieveParams = {"expand": ["latest_charge"]}
         result = self._call(
             "payment_intents.retrieve",
@@ -227,15 +256,84 @@ class StripeGateway:
         )
         if isinstance(result, _Missing):
             return None
-        return payment_from_stripe(result)
+        return self.payment(result.to_dict(recursive=True, for_json=True))
+
+    def payment(self, pi: Mapping[str, Any]) -> Payment:
+        """The view of a PaymentIntent read at our pinned version, its disputes listed when
+        its (expanded) charge says there are any."""
+        charge = pi.get("latest_charge")
+        disputes = None
+        if isinstance(charge, Mapping) and charge.get("disputed") is True:
+            disputes = self.list_disputes(str(pi["id"]))
+        payment = payment_from_stripe(pi, api_version=self.api_version, disputes=disputes)
+        if needs_refund_list(payment, pi):
+            # A partial capture (or a cancel) with refunds: whether one of them is Stripe's
+            # own refund of the uncaptured remainder only the Refund objects say.
+            refunds = self.list_refunds(str(pi["id"]))
+            payment = payment_from_stripe(
+                pi, api_version=self.api_version, disputes=disputes, refunds=refunds
+            )
+        return payment
+
+    def list_disputes(self, payment_id: str) -> list[dict[str, Any]]:
+        """Every Dispute of a PaymentIntent (``GET /v1/disputes?payment_intent=``)."""
+        check_id(payment_id, "pi_", "a PaymentIntent")
+        params = {"payment_intent": payment_id, "limit": PAGE_SIZE}
+        found: list[dict[str, Any]] = []
+        for page in self._pages("disputes.list", "/v1/disputes", params):
+            found.extend(page.data)
+        return found
+
+    def list_refunds(self, payment_id: str) -> list[dict[str, Any]]:
+        """Every Refund of a PaymentIntent (``GET /v1/refunds?payment_intent=``)."""
+        check_id(payment_id, "pi_", "a PaymentIntent")
+        params = {"payment_intent": payment_id, "limit": PAGE_SIZE}
+        found: list[dict[str, Any]] = []
+        for page in self._pages("refunds.list", "/v1/refunds", params):
+            found.extend(page.data)
+        return found
+
+    def payment_intent_of(self, object_type: str, object_id: str) -> str | None:
+        """The PaymentIntent a charge, refund, dispute or early fraud warning belongs to
+        (what a thin event names), or None when it has none or does not exist."""
+        paths = {
+            "payment_intent": None,
+            "charge": ("charges.retrieve", "/v1/charges/", "ch_"),
+            "refund": ("refunds.retrieve", "/v1/refunds/", "re_"),
+            "dispute": ("disputes.retrieve", "/v1/disputes/", "d"),
+            "radar.early_fraud_warning": (
+                "early_fraud_warnings.retrieve",
+                "/v1/radar/early_fraud_warnings/",
+                "issfr_",
+            ),
+        }
+        if object_type not in paths:
+            return None
+        route = paths[object_type]
+        if route is None:
+            return check_id(object_id, "pi_", "a PaymentIntent")
+        endpoint, base, prefix = route
+        check_id(object_id, prefix, f"a {object_type}")
+        result = self._call(
+            endpoint,
+            functools.partial(self._client.raw_request, "get", base + quote(object_id, safe="")),
+            missing_ok=True,
+        )
+        if isinstance(result, _Missing):
+            return None
+        ref = dict(result.data).get("payment_intent")
+        if isinstance(ref, Mapping):
+            ref = ref.get("id")
+        return ref if isinstance(ref, str) and ref.startswith("pi_") else None
 
     def retrieve_event(self, event_id: str) -> dict[str, Any] | None:
         """One event as a plain dict (``recon replay``), or None when Stripe has no such event."""
-        if not event_id or event_id != event_id.strip() or "/" in event_id:
-            raise ValueError(f"not an event id: {event_id!r}")
+        check_id(event_id, "evt_", "an event")
         result = self._call(
             "events.retrieve",
-            functools.partial(self._client.raw_request, "get", f"/v1/events/{event_id}"),
+            functools.partial(
+                self._client.raw_request, "get", f"/v1/events/{quote(event_id, safe='')}"
+            ),
             missing_ok=True,
         )
         if isinstance(result, _Missing):
@@ -248,7 +346,7 @@ class StripeGateway:
         lte = math.floor(epoch_seconds(until))
         for page in self.payment_pages(gte, lte):
             for obj in page.data:
-                yield payment_from_stripe(obj)
+                yield self.payment(obj)
 
     def events_since(
         self,
@@ -351,7 +449,7 @@ class StripeGateway:
             sleep=self._sleep,
             stop=stop,
             wait=self._backoff,
-            retry=tenacity.retry_if_exception_type(_Transient),
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, _Transient) and not e.final),
             reraise=True,
         )
         try:
@@ -378,6 +476,10 @@ class StripeGateway:
         return delay
 
     def _attempt(self, endpoint: str, fn: Callable[[], _T], missing_ok: bool) -> _T | _Missing:
+        # The endpoint's own budget first: waiting there must not hold a slot of the
+        # account-wide budget that other endpoints could use meanwhile.
+        if self.endpoint_limiter is not None:
+            self.endpoint_limiter(endpoint).acquire()
         self.limiter.acquire()
         with self._lock:
             self.calls += 1
@@ -413,9 +515,12 @@ class StripeGateway:
             message = f"{message} (request {exc.request_id})"
         where = f"Stripe {endpoint}"
         retry_after = _retry_after(exc.headers)
+        # Stripe-Should-Retry: false means the same request will fail again, whatever its
+        # status: never retried, the run ends partial and a later one tries afresh.
+        final = _header(exc.headers, "stripe-should-retry") == "false"
         if isinstance(exc, stripe.RateLimitError) or status == 429:
             return "rate_limited", _Transient(
-                "rate_limited", f"HTTP 429: {message}", status, retry_after
+                "rate_limited", f"HTTP 429: {message}", status, retry_after, final=final
             )
         if isinstance(exc, stripe.APIConnectionError):
             return "connection_error", _Transient(
@@ -432,7 +537,7 @@ class StripeGateway:
         if status is None or not 400 <= status < 500:
             # 5xx, and also bodies that are not Stripe JSON at all (a proxy's error page)
             return "server_error", _Transient(
-                "server_error", f"HTTP {status}: {message}", status, retry_after
+                "server_error", f"HTTP {status}: {message}", status, retry_after, final=final
             )
         if status == 404 and code == "resource_missing" and missing_ok:
             return "not_found", None

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ledger.money import Money
 from reconcile.model import (
+    DisputeStatus,
     Entry,
     Payment,
     PaymentStatus,
@@ -76,6 +77,18 @@ _FIXES: dict[TicketKind, str] = {
         "The customer disputed the payment after it was credited. Submit evidence in the "
         "Stripe dashboard before the deadline and consider holding the balance."
     ),
+    TicketKind.FRAUD_WARNING: (
+        "Stripe's Radar issued an early fraud warning on a payment that was credited: the "
+        "card issuer reports it as fraud, and a dispute usually follows. Consider refunding "
+        "it on Stripe before the dispute (a refund avoids the dispute fee) and reverse the "
+        "credit; then `recon tickets resolve ID --action none --note ...`."
+    ),
+    TicketKind.UNVERIFIABLE_PAYMENT: (
+        "Stripe's data for this payment lacks a field the decision needs (received amount, "
+        "currency, status) or carries a malformed one, so nothing was changed. Check the "
+        "payment in the Stripe dashboard and the API version of the webhook endpoint, then "
+        "`recon payment PI_ID --dry-run` to re-read it."
+    ),
     TicketKind.INCIDENT: (
         "A run stopped itself because it would have changed far more entries than usual. "
         "Check STRIPE_API_KEY points at the right account and Stripe's status page, then "
@@ -113,17 +126,54 @@ def payment_state(payment: Payment | None) -> dict[str, Any] | None:
     return {
         "found": True,
         "id": payment.id,
-        "status": payment.status.value,
+        "status": payment.status.value if payment.status else None,
         "amount": payment.amount,
         "amount_received": payment.amount_received,
         "currency": payment.currency,
-        "created": payment.created.isoformat(),
+        "created": payment.created.isoformat() if payment.created else None,
         "last_payment_error": payment.last_payment_error,
+        "charge_failed": payment.charge_failed,
+        "charge_failure_code": payment.charge_failure_code,
+        "payment_method_type": payment.payment_method_type,
         "amount_refunded": payment.amount_refunded,
         "disputed": payment.disputed,
+        "disputes": None
+        if payment.disputes is None
+        else [
+            {
+                "id": d.id,
+                "status": d.status.value if d.status else "unknown",
+                "amount": d.amount,
+                "currency": d.currency,
+                "reason": d.reason,
+                "evidence_due_by": d.evidence_due_by.isoformat() if d.evidence_due_by else None,
+            }
+            for d in payment.disputes
+        ],
+        "fraud_warnings": None
+        if payment.fraud_warnings is None
+        else [{"id": w.id, "fraud_type": w.fraud_type} for w in payment.fraud_warnings],
         "customer": payment.customer,
         "livemode": payment.livemode,
+        "problems": list(payment.problems),
     }
+
+
+def _dispute_line(payment: Payment) -> str:
+    """The disputes a person must know about, with what is at stake and by when."""
+    parts = []
+    for d in payment.disputes or ():
+        money = Money(d.amount, d.currency).format() if d.amount is not None and d.currency else ""
+        status = d.status.value if d.status else "unknown status"
+        text = f"dispute {d.id} {status}"
+        if money:
+            text += f" ({money} {'withdrawn' if d.status is DisputeStatus.LOST else 'at stake'})"
+        if d.reason:
+            text += f", reason {d.reason}"
+        if d.evidence_due_by and d.open:
+            text += f", evidence due {d.evidence_due_by.isoformat(timespec='minutes')}"
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def entry_state(entry: Entry | None) -> dict[str, Any] | None:
@@ -158,18 +208,32 @@ class TicketFacts:
     def values(self, spec: TicketSpec) -> dict[str, Any]:
         p, e = self.payment, self.entry
         currency = (p.currency if p else None) or (e.currency if e else None)
-        amount = (p.amount_received or p.amount) if p else (e.amount if e else None)
+        amount = (
+            (p.amount_received if p.amount_received is not None else p.amount)
+            if p
+            else (e.amount if e else None)
+        )
         money = Money(amount, currency) if amount is not None and currency else None
         age_from = e.created_at if e else (p.created if p else None)
         age = f"{int((self.now - age_from).total_seconds() // 60)} min" if age_from else "?"
         ledger_says = (
             f"{e.status.value} {Money(e.amount, e.currency).format()}" if e else "has no record"
         )
+        stripe_says = "not found on Stripe"
+        if p:
+            stripe_says = p.status.value if p.status else "of unknown status"
         summary = self.summary or (
             f"{spec.kind.value}: payment {self.payment_id} is "
-            f"{p.status.value if p else 'not found on Stripe'}; ledger {ledger_says}"
+            f"{stripe_says}; ledger {ledger_says}"
             f"{' (Stripe: ' + money.format() + ')' if money and p else ''}; age {age}"
         )
+        if p and spec.kind is TicketKind.DISPUTE_OPENED and p.disputes:
+            summary += f"; {_dispute_line(p)}"
+        if p and p.fraud_warnings:
+            kinds = ", ".join(w.fraud_type or "unspecified" for w in p.fraud_warnings)
+            summary += f"; early fraud warning ({kinds})"
+        if p and p.problems:
+            summary += "; Stripe's data: " + "; ".join(p.problems[:5])
         return {
             "kind": spec.kind.value,
             "severity": int(spec.severity),
@@ -295,12 +359,14 @@ def resolve_open(
     reason: str,
     by: str,
     now: datetime,
-    keep: TicketKind | None = None,
+    keep: Iterable[TicketKind] = (),
 ) -> list[int]:
-    """Close every open ticket of this payment (but ``keep``'s kind): it is reconciled now."""
+    """Close every open ticket of this payment but those of ``keep``'s kinds: it is
+    reconciled now, as far as what was read can tell."""
     where = [tickets.c.payment_id == payment_id, tickets.c.status == OPEN]
-    if keep is not None:
-        where.append(tickets.c.kind != keep.value)
+    kept = sorted(k.value for k in keep)
+    if kept:
+        where.append(tickets.c.kind.not_in(kept))
     ids = [int(i) for i in conn.execute(select(tickets.c.id).where(*where)).scalars()]
     if ids:
         conn.execute(

@@ -5,10 +5,15 @@ Stripe-compatible server from tests/stripe_server.  It seeds a realistic day of 
 delivers some as signed webhooks to the running intake (a few twice, some out of order),
 lets sweep, catch-up and the missing-record scan find the rest, and prints the report and
 the open tickets.
+
+``--blnk`` (``make demo BLNK=1``): the books are in Blnk instead (the Blnk-compatible
+stand-in from tests/blnk_server, ``RECON_LEDGER=blnk``): the application's holds and
+wallets are created there, and every commit, void and create goes through Blnk's API.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import socket
@@ -34,12 +39,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.demo", description=__doc__)
+    parser.add_argument(
+        "--blnk",
+        action="store_true",
+        help="keep the books in the Blnk stand-in (RECON_LEDGER=blnk)",
+    )
+    args = parser.parse_args(argv)
     started = time.monotonic()
     from tests.stripe_server import run_server, signed_webhook
 
     stripe_srv = run_server()
     srv = stripe_srv.__enter__()
+    blnk = None
+    if args.blnk:
+        from tests.blnk_server import start_server as start_blnk
+
+        blnk = start_blnk()
     for name in ("RECON_BROKER_URL", "RECON_REDIS_URL"):
         os.environ.pop(name, None)  # the embedded defaults: in-process tasks
     DB_FILE.unlink(missing_ok=True)
@@ -52,6 +69,10 @@ def main() -> int:
         "RECON_FAILED_GRACE": "1h",
         "RECON_SWEEP_MIN_AGE": "10m",
     }
+    if blnk is not None:
+        env |= {"RECON_LEDGER": "blnk", "BLNK_URL": blnk.url, "BLNK_API_KEY": blnk.api_key}
+    else:
+        os.environ.pop("RECON_LEDGER", None)
     os.environ.update(env)
 
     import logging
@@ -64,9 +85,8 @@ def main() -> int:
     # The demo narrates; the service's own JSON log lines would drown it out.
     configure_logging(json=False, level=logging.WARNING)
 
-    from ledger.sql import SqlLedger
     from reconcile.usecases import run_catch_up, run_scan, run_sweep
-    from tests.support import epoch, seed_entry
+    from tests.support import epoch, seed_blnk_entry, seed_entry
     from worker import queue
     from worker.db import engine_for, upgrade
     from worker.intake import create_app
@@ -74,9 +94,27 @@ def main() -> int:
     from worker.wiring import services
 
     say(f"database {DB_FILE} (SQLite), Stripe-compatible server at {srv.url}")
+    if blnk is not None:
+        say(f"the books are in Blnk: the Blnk-compatible server at {blnk.url}")
     upgrade(env["RECON_DATABASE_URL"])
     settings = get_settings()
     engine = engine_for(settings.database_url)
+    wallets: dict[str, str] = {}
+
+    def wallet(name: str, currency: str = "USD") -> str:
+        """The application's wallet: on Blnk a balance it created, named by its id."""
+        if blnk is None:
+            return f"wallet:{name}"
+        if name not in wallets:
+            wallets[name] = blnk.state.create_balance(currency).balance_id
+        return wallets[name]
+
+    def record(pid: str, amount: int, currency: str = "USD", **kw: Any) -> None:
+        """The application records the top-up as an inflight hold."""
+        if blnk is None:
+            seed_entry(engine, pid, amount, currency, **kw)
+        else:
+            seed_blnk_entry(blnk.state, pid, amount, currency, **kw)
 
     port = free_port()
     server = uvicorn.Server(
@@ -117,9 +155,9 @@ def main() -> int:
             status="requires_payment_method",
             created=epoch(created),
             customer=customer,
-            metadata={"ledger_destination": f"wallet:{customer}"},
+            metadata={"ledger_destination": wallet(customer)},
         )
-        seed_entry(engine, pid, amount, "USD", created=created, destination=f"wallet:{customer}")
+        record(pid, amount, "USD", created=created, destination=wallet(customer))
         plan.append((pid, kind))
     # One paid but never recorded, one JPY top-up, one recorded but unknown to Stripe.
     state.create_payment_intent(
@@ -129,7 +167,7 @@ def main() -> int:
         status="succeeded",
         created=epoch(now - timedelta(hours=3)),
         customer="cus_demo_lost",
-        metadata={"ledger_destination": "wallet:cus_demo_lost"},
+        metadata={"ledger_destination": wallet("cus_demo_lost")},
     )
     state.create_payment_intent(
         id="pi_demo_yen",
@@ -139,22 +177,20 @@ def main() -> int:
         created=epoch(now - timedelta(hours=2)),
         customer="cus_demo_jp",
     )
-    seed_entry(
-        engine,
+    # @stripe is an indicator balance: one per currency, so the JPY top-up draws on it too.
+    record(
         "pi_demo_yen",
         1500,
         "JPY",
         created=now - timedelta(hours=2),
-        source="@stripe:jpy",  # a balance holds one currency
-        destination="wallet:jp",
+        destination=wallet("jp", "JPY"),
     )
     plan.append(("pi_demo_yen", "succeeded"))
-    seed_entry(
-        engine,
+    record(
         "pi_demo_ghost",
         3000,
         created=now - timedelta(hours=5),
-        destination="wallet:cus_demo_ghost",
+        destination=wallet("cus_demo_ghost"),
     )
 
     webhooks: list[dict[str, Any]] = []
@@ -235,9 +271,22 @@ def main() -> int:
         counts = {k: v for k, v in sorted(result.counts.items()) if v}
         print(f"{label}: run {result.run_id} {result.status} {counts}")
 
-    with engine.connect() as conn:
-        violations = SqlLedger(conn).check_invariants()
+    with engine.begin() as conn:
+        violations = svc.ledger_for(conn).check_invariants()
     print(f"ledger invariants: {violations or 'hold'}")
+    if blnk is not None:
+        log = blnk.requests()
+        by_call: dict[str, int] = {}
+        for r in log:
+            call = f"{r.method} {r.path.split('/txn_')[0].split('/pi_')[0]}"
+            by_call[call] = by_call.get(call, 0) + 1
+        floats = [r for r in log if isinstance(r.body, dict) and "amount" in r.body]
+        keyed = all(r.header("X-Blnk-Key") == blnk.api_key for r in log)
+        print(f"Blnk API calls: {dict(sorted(by_call.items()))}")
+        print(
+            f"every call carried X-Blnk-Key: {keyed}; float amounts sent: {len(floats)} "
+            "(money goes as precise_amount + precision)"
+        )
 
     server.should_exit = True
     stripe_srv.__exit__(None, None, None)
@@ -252,10 +301,13 @@ def main() -> int:
     ):
         say(title)
         subprocess.run([*recon, *args], env=cli_env, check=False)  # noqa: S603
+    if blnk is not None:
+        blnk.stop()
     say(f"demo finished in {time.monotonic() - started:.1f}s")
     print(
         f"The demo database is {DB_FILE}; try `.venv/bin/recon tickets show 1`, "
-        "`.venv/bin/recon runs show 1` or `.venv/bin/recon ledger show pi_demo000`."
+        "`.venv/bin/recon runs show 1` or `.venv/bin/recon ledger show pi_demo000`"
+        + (" (the Blnk stand-in has stopped: ledger reads need it)." if blnk else ".")
     )
     return 0
 

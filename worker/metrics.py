@@ -33,6 +33,7 @@ from prometheus_client import (
 
 __all__ = [
     "ACTIONS",
+    "BLNK_REQUESTS",
     "CONTENT_TYPE_LATEST",
     "ENQUEUE_FAILURES",
     "INBOX_LAG",
@@ -43,6 +44,7 @@ __all__ = [
     "TICKETS_OPENED",
     "WEBHOOKS",
     "WEBHOOK_OUTCOMES",
+    "blnk_request",
     "count_action",
     "count_enqueue_failure",
     "count_run",
@@ -95,12 +97,22 @@ STRIPE_REQUESTS = Counter(
     "Stripe API requests by endpoint and outcome (ok, not_found, rate_limited, ...)",
     ["endpoint", "outcome"],
 )
+BLNK_REQUESTS = Counter(
+    "recon_blnk_requests_total",
+    "Blnk API requests (RECON_LEDGER=blnk) by endpoint and HTTP status (or error)",
+    ["endpoint", "outcome"],
+)
 RUNS = Counter("recon_runs_total", "Job runs by job and final status", ["job", "status"])
 TASK_DURATION = Histogram(
     "recon_task_duration_seconds",
     "Celery task durations",
     ["task"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
+EVENTS_REFUSED = Counter(
+    "recon_events_refused_total",
+    "Events stored but never acted on: another mode (livemode) or Connect account",
+    ["cause"],
 )
 ENQUEUE_FAILURES = Counter(
     "recon_enqueue_failures_total",
@@ -130,8 +142,17 @@ def stripe_request(endpoint: str, outcome: str) -> None:
     STRIPE_REQUESTS.labels(endpoint=endpoint, outcome=outcome).inc()
 
 
+def blnk_request(endpoint: str, outcome: str) -> None:
+    BLNK_REQUESTS.labels(endpoint=endpoint, outcome=outcome).inc()
+
+
 def count_run(job: str, status: str) -> None:
     RUNS.labels(job=job, status=status).inc()
+
+
+def count_event_refused(cause: str) -> None:
+    # ``cause`` is "livemode" or "account", never the account id (unbounded label values).
+    EVENTS_REFUSED.labels(cause=cause if cause in ("livemode", "account") else "other").inc()
 
 
 def count_enqueue_failure(n: int = 1) -> None:

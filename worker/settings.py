@@ -6,10 +6,11 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from reconcile.model import Policy
+from reconcile.model import DEFAULT_SLA_BY_METHOD, Policy
+from reconcile.stripe_gateway import STRIPE_API_VERSION
 from worker.durations import parse_duration
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
@@ -33,7 +34,18 @@ class Settings(BaseSettings):
         SecretStr(""), validation_alias=_env("STRIPE_WEBHOOK_SECRET")
     )
     stripe_api_base: str | None = Field(None, validation_alias=_env("RECON_STRIPE_API_BASE"))
-    stripe_rate_limit: float = Field(20.0, validation_alias=_env("RECON_STRIPE_RATE_LIMIT"), gt=0)
+    # None: 80% of Stripe's global limit for the key's mode (live 100/s, test 25/s).
+    stripe_rate_limit: float | None = Field(
+        None, validation_alias=_env("RECON_STRIPE_RATE_LIMIT"), gt=0
+    )
+    stripe_endpoint_rate_limit: float = Field(
+        20.0, validation_alias=_env("RECON_STRIPE_ENDPOINT_RATE_LIMIT"), gt=0
+    )
+    stripe_api_version: str = Field(
+        STRIPE_API_VERSION, validation_alias=_env("RECON_STRIPE_API_VERSION"), min_length=10
+    )
+    # Connect accounts whose events this service acts on (comma-separated acct_ ids).
+    stripe_accounts: str = Field("", validation_alias=_env("RECON_STRIPE_ACCOUNTS"))
     webhook_tolerance: Duration = Field(
         timedelta(seconds=300), validation_alias=_env("RECON_WEBHOOK_TOLERANCE")
     )
@@ -51,6 +63,16 @@ class Settings(BaseSettings):
     failed_grace: Duration = Field(timedelta(hours=1), validation_alias=_env("RECON_FAILED_GRACE"))
     processing_sla: Duration = Field(
         timedelta(hours=24), validation_alias=_env("RECON_PROCESSING_SLA")
+    )
+    # Per payment method: "us_bank_account=7d,sepa_debit=15d" (over the built-in defaults).
+    processing_sla_by_method: str = Field(
+        "", validation_alias=_env("RECON_PROCESSING_SLA_BY_METHOD")
+    )
+    capture_warning: Duration = Field(
+        timedelta(days=2), validation_alias=_env("RECON_CAPTURE_WARNING")
+    )
+    catch_up_first_window: Duration = Field(
+        timedelta(days=3), validation_alias=_env("RECON_CATCH_UP_FIRST_WINDOW")
     )
     create_missing: bool = Field(False, validation_alias=_env("RECON_CREATE_MISSING"))
 
@@ -96,6 +118,63 @@ class Settings(BaseSettings):
         "https://dashboard.stripe.com", validation_alias=_env("RECON_STRIPE_DASHBOARD")
     )
 
+    @field_validator("processing_sla_by_method")
+    @classmethod
+    def _sla_map(cls, value: str) -> str:
+        parse_sla_map(value)  # refuses a bad map at start-up, with what is wrong
+        return value
+
+    @field_validator("catch_up_first_window")
+    @classmethod
+    def _within_retention(cls, value: timedelta) -> timedelta:
+        if value > timedelta(days=30):
+            raise ValueError("Stripe keeps 30 days of events; use 30d or less")
+        return value
+
+    @property
+    def stripe_livemode(self) -> bool | None:
+        """The API key's mode: live, test, or None when the key says neither."""
+        key = self.stripe_api_key.get_secret_value()
+        if key.startswith(("sk_live_", "rk_live_")):
+            return True
+        if key.startswith(("sk_test_", "rk_test_")):
+            return False
+        return None
+
+    @property
+    def stripe_global_rate(self) -> float:
+        if self.stripe_rate_limit is not None:
+            return self.stripe_rate_limit
+        return 80.0 if self.stripe_livemode else 20.0
+
+    @property
+    def connect_accounts(self) -> frozenset[str]:
+        return frozenset(a.strip() for a in self.stripe_accounts.split(",") if a.strip())
+
+    # The CX console (worker.console): its own app and port, see README "CX console".
+    console_secret: SecretStr = Field(SecretStr(""), validation_alias=_env("RECON_CONSOLE_SECRET"))
+    # Sign-in through an authenticating reverse proxy: the header naming the operator's
+    # email, believed only from these peer addresses/CIDRs (comma-separated).
+    console_auth_header: str | None = Field(
+        None, validation_alias=_env("RECON_CONSOLE_AUTH_HEADER")
+    )
+    console_trusted_proxies: str = Field("", validation_alias=_env("RECON_CONSOLE_TRUSTED_PROXIES"))
+    console_session_idle: Duration = Field(
+        timedelta(minutes=30), validation_alias=_env("RECON_CONSOLE_SESSION_IDLE")
+    )
+    console_session_max: Duration = Field(
+        timedelta(hours=12), validation_alias=_env("RECON_CONSOLE_SESSION_MAX")
+    )
+    console_login_window: Duration = Field(
+        timedelta(minutes=15), validation_alias=_env("RECON_CONSOLE_LOGIN_WINDOW")
+    )
+    console_login_max_failures: int = Field(
+        5, validation_alias=_env("RECON_CONSOLE_LOGIN_MAX_FAILURES"), ge=1
+    )
+    console_login_max_failures_per_address: int = Field(
+        20, validation_alias=_env("RECON_CONSOLE_LOGIN_MAX_FAILURES_PER_ADDRESS"), ge=1
+    )
+
     @property
     def webhook_secrets(self) -> list[str]:
         return [
@@ -106,8 +185,26 @@ class Settings(BaseSettings):
         return Policy(
             failed_grace=self.failed_grace,
             processing_sla=self.processing_sla,
+            processing_sla_by_method={
+                **DEFAULT_SLA_BY_METHOD,
+                **parse_sla_map(self.processing_sla_by_method),
+            },
+            capture_warning=self.capture_warning,
             create_missing=self.create_missing,
         )
+
+
+def parse_sla_map(text: str) -> dict[str, timedelta]:
+    """``"us_bank_account=7d,sepa_debit=15d"`` -> {method: duration}; ValueError saying why."""
+    out: dict[str, timedelta] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        method, sep, duration = item.partition("=")
+        if not sep or not method.strip().isidentifier():
+            raise ValueError(f"expected METHOD=DURATION (e.g. sepa_debit=15d), got {item!r}")
+        out[method.strip()] = parse_duration(duration.strip())
+    return out
 
 
 @lru_cache(maxsize=1)

@@ -7,11 +7,12 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection
 
+from ledger.blnk import BlnkClient, BlnkLedger
 from ledger.protocol import Ledger
 from ledger.sql import SqlLedger
 from reconcile.guard import Guard
 from reconcile.ports import Hooks, Services
-from reconcile.ratelimit import RateLimiter, make_rate_limiter
+from reconcile.ratelimit import EndpointLimiters, RateLimiter, make_rate_limiter
 from reconcile.stripe_gateway import StripeGateway
 from worker import metrics
 from worker.db import engine_for
@@ -35,18 +36,39 @@ def sinks_of(settings: Settings) -> tuple[str, ...]:
 
 
 def ledger_factory(settings: Settings) -> Callable[[Connection], Ledger]:
-    """The configured ledger, bound to a connection of the service's database."""
-    if settings.ledger != "sql":
+    """What binds a ledger to a connection: SqlLedger, or BlnkLedger over one shared client.
+
+    The Blnk key goes into the client and nowhere else: never into a message or a log.
+    """
+    if settings.ledger == "sql":
+        return SqlLedger
+    url = (settings.blnk_url or "").strip()
+    key = settings.blnk_api_key.get_secret_value().strip()
+    if not url:
         raise ConfigError(
-            f"RECON_LEDGER={settings.ledger!r} is not available in this build; use 'sql'"
+            "RECON_LEDGER=blnk needs BLNK_URL (Blnk Core's address, e.g. http://blnk:5001)"
         )
-    return SqlLedger
+    if not url.startswith(("http://", "https://")):
+        # Not echoed: a URL may carry credentials.
+        raise ConfigError("BLNK_URL must start with http:// or https:// (e.g. http://blnk:5001)")
+    if not key:
+        raise ConfigError(
+            "RECON_LEDGER=blnk needs BLNK_API_KEY (scopes: transactions:read, "
+            "transactions:write, balances:read)"
+        )
+    client = BlnkClient(url, key, on_request=metrics.blnk_request)
+
+    def blnk_ledger(conn: Connection) -> Ledger:
+        return BlnkLedger(conn, client)
+
+    return blnk_ledger
 
 
 def build_services(settings: Settings) -> Services:
     ledger_for = ledger_factory(settings)
     engine = engine_for(settings.database_url)
-    limiter: RateLimiter = make_rate_limiter(settings.redis_url, settings.stripe_rate_limit)
+    limiter: RateLimiter = make_rate_limiter(settings.redis_url, settings.stripe_global_rate)
+    endpoints = EndpointLimiters(settings.redis_url, settings.stripe_endpoint_rate_limit)
     api_key = settings.stripe_api_key.get_secret_value()
 
     def new_gateway() -> StripeGateway:
@@ -56,6 +78,8 @@ def build_services(settings: Settings) -> Services:
             api_key,
             settings.stripe_api_base,
             limiter,
+            endpoint_limiter=endpoints,
+            api_version=settings.stripe_api_version,
             on_request=metrics.stripe_request,
         )
 
@@ -74,11 +98,15 @@ def build_services(settings: Settings) -> Services:
         dashboard_base=settings.dashboard_base,
         sweep_min_age=settings.sweep_min_age,
         sweep_batch=settings.sweep_batch,
+        livemode=settings.stripe_livemode,
+        accounts=settings.connect_accounts,
+        catch_up_first_window=settings.catch_up_first_window,
         hooks=Hooks(
             action=metrics.count_action,
             ticket=metrics.count_ticket,
             run=metrics.count_run,
             stripe_request=metrics.stripe_request,
+            event_refused=metrics.count_event_refused,
         ),
     )
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from datetime import datetime
 
-from reconcile import inbox
+from ledger.model import TxnStatus
+from reconcile import inbox, tickets
 from reconcile.engine import Pass, PaymentOutcome
-from reconcile.model import EntryStatus, Payment, PaymentStatus
+from reconcile.model import Payment, PaymentStatus, Severity, TicketKind, TicketSpec
 from reconcile.ports import Services
 from reconcile.runs import RunResult, RunState, finish_run
 from reconcile.stripe_gateway import StripeGateway
-from reconcile.stripe_objects import payment_from_stripe
+from reconcile.stripe_objects import fraud_warning_from_stripe, payment_from_stripe
 from reconcile.usecases.errors import NotFound
 from reconcile.usecases.lifecycle import begin
 from reconcile.usecases.payments import reconcile_payment
@@ -24,6 +24,13 @@ class ProcessOutcome:
     detail: str = ""
     payment_id: str | None = None
     outcome: PaymentOutcome | None = None
+
+
+# Events that can only lead to WAIT while the entry is young: the sweep looks at the entry
+# once it is older than sweep_min_age, so reading Stripe for them earlier buys nothing.
+WAIT_ONLY = frozenset(
+    {"payment_intent.created", "payment_intent.requires_action", "payment_intent.processing"}
+)
 
 
 def process_event(
@@ -38,9 +45,11 @@ def process_event(
 ) -> ProcessOutcome:
     """Process one stored event: map it to its PaymentIntent and reconcile that payment.
 
-    Safe to run twice, concurrently or out of order: it never acts on the event's payload
-    alone unless the payload is terminal (succeeded/canceled) and the entry still INFLIGHT;
-    otherwise it re-reads the PaymentIntent, so a stale event acts on today's state.
+    Safe to run twice, concurrently or out of order: it acts on the event's payload alone
+    only when the payload is terminal (succeeded/canceled) and the entry is INFLIGHT, and
+    then decides nothing the payload cannot see (refunds, disputes: reconcile/decide.py);
+    otherwise it re-reads the PaymentIntent with its charge, so a stale event acts on
+    today's state.
     """
     now = svc.clock()
     with svc.engine.connect() as conn:
@@ -49,22 +58,36 @@ def process_event(
         return ProcessOutcome("missing", f"no inbox row for {event_id}")
     if row.status in ("processed", "ignored") and not force:
         return ProcessOutcome("already", row.status, row.payment_id)
-    pid = row.payment_id
-    if pid is None or not inbox.is_handled(row.type):
+    refusal = _foreign(svc, row)
+    if refusal is not None:
         if not dry_run:
             with svc.engine.begin() as conn:
-                inbox.mark_ignored(conn, event_id, now)
-        return ProcessOutcome("ignored", f"event type {row.type} names no PaymentIntent", pid)
+                inbox.mark_ignored(conn, event_id, now, refusal[1])
+            _refuse(svc, *refusal, run=run)
+        return ProcessOutcome("ignored", refusal[1], row.payment_id)
+    if not inbox.is_handled(row.type):
+        return _ignore(svc, event_id, f"event type {row.type} names no PaymentIntent", dry_run)
+    gw = gateway
+    pid = row.payment_id
     try:
-        payment = _payment_for_event(svc, row.payload, pid, gateway)
-        p = Pass(
-            svc,
-            run=run,
-            actor=actor,
-            dry_run=dry_run,
-            guarded=False,
-            evidence={"event_id": event_id, "event_type": row.type},
-        )
+        if pid is None:
+            related = inbox.related_object(row.payload)
+            if related is None:
+                return _ignore(svc, event_id, f"event {row.type} names no PaymentIntent", dry_run)
+            gw = gw or svc.new_gateway()
+            pid = gw.payment_intent_of(*related)
+            if pid is None:
+                return _ignore(
+                    svc, event_id, f"{related[0]} {related[1]} belongs to no PaymentIntent", dry_run
+                )
+        evidence = {"event_id": event_id, "event_type": row.type}
+        if _wait_only(svc, row, pid, now):
+            if not dry_run:
+                with svc.engine.begin() as conn:
+                    inbox.mark_processed(conn, event_id, svc.clock())
+            return ProcessOutcome("processed", "waits for the sweep (no Stripe read)", pid)
+        payment = _payment_for_event(svc, row, pid, gw)
+        p = Pass(svc, run=run, actor=actor, dry_run=dry_run, guarded=False, evidence=evidence)
         outcome = p.apply(pid, payment)
         if outcome.error:
             raise RuntimeError(outcome.error)
@@ -79,21 +102,89 @@ def process_event(
     return ProcessOutcome("processed", str(outcome.decision.reason), pid, outcome)
 
 
+def _ignore(svc: Services, event_id: str, why: str, dry_run: bool) -> ProcessOutcome:
+    if not dry_run:
+        with svc.engine.begin() as conn:
+            inbox.mark_ignored(conn, event_id, svc.clock(), why)
+    return ProcessOutcome("ignored", why)
+
+
+def _foreign(svc: Services, row: inbox.InboxRow) -> tuple[str, str] | None:
+    """(cause, why) when the event belongs to another mode or Connect account than ours."""
+    payload = row.payload
+    if svc.livemode is not None and row.livemode is not svc.livemode:
+        mode = "live" if row.livemode else "test"
+        ours = "live" if svc.livemode else "test"
+        return (
+            f"livemode:{mode}",
+            f"a {mode}-mode event reached a service whose API key is {ours}-mode",
+        )
+    account = payload.get("account") if not inbox.is_thin(payload) else payload.get("context")
+    if account and account not in svc.accounts:
+        shown = str(account)[:60]
+        return (f"account:{shown}", f"an event of Connect account {shown}, not configured here")
+    return None
+
+
+def _refuse(svc: Services, cause: str, why: str, *, run: RunState | None) -> None:
+    """One incident ticket per cause (repeats bump it) and a metric: someone must fix the
+    webhook endpoint or the key, and until then these events change nothing."""
+    svc.hooks.event_refused(cause.split(":", 1)[0])
+    summary = (
+        f"Events are being stored but not acted on: {why}. Check which Stripe account and "
+        "mode the webhook endpoint belongs to, STRIPE_API_KEY and RECON_STRIPE_ACCOUNTS."
+    )
+    now = svc.clock()
+    facts = tickets.TicketFacts(
+        payment_id=f"events:{cause}",
+        payment=None,
+        entry=None,
+        reason="event_refused",
+        now=now,
+        summary=summary,
+    )
+    spec = TicketSpec(TicketKind.INCIDENT, Severity.HIGH)
+    with svc.engine.begin() as conn:
+        tickets.raise_ticket(conn, spec, facts, run_id=run.id if run else None, sinks=svc.sinks)
+
+
+def _wait_only(svc: Services, row: inbox.InboxRow, pid: str, now: datetime) -> bool:
+    if inbox.v1_type(row.type) not in WAIT_ONLY:
+        return False
+    with svc.engine.connect() as conn:
+        txn = svc.ledger_for(conn).find_linked(pid)
+    if txn is None:
+        # Not succeeded and no record: the table says nothing to do.
+        return True
+    return txn.status is TxnStatus.INFLIGHT and now - txn.created_at < svc.sweep_min_age
+
+
 def _payment_for_event(
-    svc: Services, payload: Mapping[str, Any], pid: str, gateway: StripeGateway | None
+    svc: Services, row: inbox.InboxRow, pid: str, gateway: StripeGateway | None
 ) -> Payment | None:
-    obj = (payload.get("data") or {}).get("object") or {}
-    if obj.get("object") == "payment_intent" and obj.get("id") == pid:
-        status = obj.get("status")
-        if status in (PaymentStatus.SUCCEEDED.value, PaymentStatus.CANCELED.value):
-            # A terminal status never changes again, so the payload is authoritative for
-            # acting on an INFLIGHT entry.  Once the entry is settled we re-read instead:
-            # refunds and disputes live on the charge, which the payload does not expand.
-            with svc.engine.connect() as conn:
-                txn = svc.ledger_for(conn).find_linked(pid)
-            if txn is None or txn.status.value == EntryStatus.INFLIGHT.value:
-                return payment_from_stripe(obj)
-    return (gateway or svc.new_gateway()).retrieve(pid)
+    payload = row.payload
+    obj = row.data_object
+    if (
+        not inbox.is_thin(payload)
+        and obj.get("object") == "payment_intent"
+        and obj.get("id") == pid
+        and obj.get("status") in (PaymentStatus.SUCCEEDED.value, PaymentStatus.CANCELED.value)
+    ):
+        # A terminal status never changes again, so the payload is authoritative for acting
+        # on an INFLIGHT entry: commit or void at once.  It never carries refunds or
+        # disputes, so with no entry (create_missing) or a settled one, re-read instead.
+        with svc.engine.connect() as conn:
+            txn = svc.ledger_for(conn).find_linked(pid)
+        if txn is not None and txn.status is TxnStatus.INFLIGHT:
+            version = payload.get("api_version")
+            return payment_from_stripe(
+                obj, api_version=version if isinstance(version, str) else None
+            )
+    payment = (gateway or svc.new_gateway()).retrieve(pid)
+    if payment is not None and obj.get("object") == "radar.early_fraud_warning":
+        # The warning itself is the evidence: the PaymentIntent does not show it.
+        payment = replace(payment, fraud_warnings=(fraud_warning_from_stripe(obj),))
+    return payment
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ledger.protocol import rehearsal
 from reconcile import tickets
 from reconcile.checks import FixAction, check_fix
 from reconcile.engine import AuditContext, Commit, Create, LedgerOp, Void, act, to_entry
@@ -97,7 +98,8 @@ def resolve_ticket(
                     f"ticket {ticket_id} was closed meanwhile",
                     dry_run,
                 )
-            ledger = svc.ledger_for(conn)
+            with rehearsal(conn, dry_run):
+                ledger = svc.ledger_for(conn)
             txn = None if is_incident else ledger.find_linked(pid, lock=True)
             entry = to_entry(txn)
             before = None if is_incident else tickets.entry_state(entry)

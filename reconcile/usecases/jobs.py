@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ledger.errors import TransientError
 from ledger.model import Transaction
 from reconcile import inbox, runs
 from reconcile.engine import Item, Pass, linked_payment_id
@@ -34,6 +35,8 @@ CATCH_UP_CURSOR = "catch_up.events_created"
 # Events overlap this much between catch-up runs: Stripe timestamps are whole seconds and
 # events of one second may straddle a run; the inbox drops the repeats.
 CURSOR_OVERLAP = 60
+# Every event type the service acts on (Stripe takes up to 20 ``types[]``); the README's
+# list of events to subscribe the webhook endpoint to is checked against it.
 CATCH_UP_TYPES = (
     "payment_intent.succeeded",
     "payment_intent.payment_failed",
@@ -43,8 +46,16 @@ CATCH_UP_TYPES = (
     "payment_intent.amount_capturable_updated",
     "payment_intent.partially_funded",
     "charge.refunded",
+    "charge.refund.updated",
     "charge.dispute.created",
+    "charge.dispute.updated",
     "charge.dispute.closed",
+    "charge.dispute.funds_withdrawn",
+    "charge.dispute.funds_reinstated",
+    "refund.created",
+    "refund.updated",
+    "refund.failed",
+    "radar.early_fraud_warning.created",
 )
 
 
@@ -83,16 +94,22 @@ def run_sweep(
     try:
         while limit is None or done < limit:
             size = svc.sweep_batch if limit is None else min(svc.sweep_batch, limit - done)
-            with svc.engine.begin() as conn:
-                ledger = svc.ledger_for(conn)
-                if dry_run:
-                    batch = list(ledger.list_inflight(cutoff, size, after))
-                else:
-                    # Claimed rows are skipped by other sweepers until the lease ends, so
-                    # two workers never take the same entry; a crash just lets it lapse.
-                    batch = list(
-                        ledger.claim_inflight(cutoff, size, svc.claim_lease, svc.clock(), after)
-                    )
+            try:
+                with svc.engine.begin() as conn:
+                    ledger = svc.ledger_for(conn)
+                    if dry_run:
+                        batch = list(ledger.list_inflight(cutoff, size, after))
+                    else:
+                        # Claimed rows are skipped by other sweepers until the lease ends,
+                        # so two workers never take the same entry; a crash lets it lapse.
+                        batch = list(
+                            ledger.claim_inflight(cutoff, size, svc.claim_lease, svc.clock(), after)
+                        )
+            except TransientError as exc:
+                # The books could not be read (Blnk down): nothing was decided, the next
+                # sweep finds the same entries.
+                cut_short(state, p, "sweep", exc)
+                break
             if not batch:
                 break
             after = (batch[-1].created_at, batch[-1].id)
@@ -101,7 +118,7 @@ def run_sweep(
                 p.handle(
                     [Item(linked_payment_id(t), fetched[linked_payment_id(t)], t) for t in batch]
                 )
-            except (StripeUnavailable, GuardTripped) as exc:
+            except (StripeUnavailable, GuardTripped, TransientError) as exc:
                 _release(svc, batch, dry_run)
                 cut_short(state, p, "sweep", exc)
                 break
@@ -137,22 +154,33 @@ def run_catch_up(
     rerun_of: int | None = None,
     progress: Progress | None = None,
 ) -> RunResult:
-    """Events from Stripe's Events API since the cursor, fed into the same inbox."""
+    """Events from Stripe's Events API since the cursor, fed into the same inbox.
+
+    With no stored cursor (a first run) it reads ``svc.catch_up_first_window`` back.  The
+    cursor moves only as far as events were really read: a run that lists none leaves it
+    where it was, and a partial run resumes from the last event it stored.
+    """
     now = svc.clock()
+    with svc.engine.connect() as conn:
+        cursor = runs.get_cursor(conn, CATCH_UP_CURSOR)
+    # Only ever forward: an on-call catch-up of an older window leaves the cursor alone.
+    stored = int(cursor) if cursor else None
     if since is None:
-        with svc.engine.connect() as conn:
-            stored = runs.get_cursor(conn, CATCH_UP_CURSOR)
         since = (
-            datetime.fromtimestamp(int(stored) - CURSOR_OVERLAP, UTC)
-            if stored
-            else now - timedelta(hours=2)
+            datetime.fromtimestamp(stored - CURSOR_OVERLAP, UTC)
+            if stored is not None
+            else now - svc.catch_up_first_window
         )
     # Stripe keeps 30 days of events; asking for older ones silently returns fewer.
-    since = max(since, now - timedelta(days=30))
+    oldest = now - timedelta(days=30)
+    clamped = since < oldest
+    since = max(since, oldest)
     state = begin(svc, "catch_up", trigger, actor, dry_run, window=(since, now), rerun_of=rerun_of)
+    if clamped:
+        state.counts["window_clamped_to_30d"] = 1
     gw = svc.new_gateway()
     p = Pass(svc, run=state, actor=actor, dry_run=dry_run, guarded=False)
-    newest = int(since.timestamp())
+    newest: int | None = None
     seen = 0
     try:
         try:
@@ -170,16 +198,20 @@ def run_catch_up(
                     state.counts["events_new"] += 1
                     if not dry_run:
                         _process_inline(svc, event["id"], actor, gw, state)
-                newest = max(newest, int(event.get("created", 0)))
+                created = event.get("created")
+                if isinstance(created, int) and (newest is None or created > newest):
+                    newest = created
                 if progress is not None:
                     progress(seen)
         except StripeUnavailable as exc:
             cut_short(state, p, "catch_up", exc)
-        if not dry_run:
-            # Only as far as what was really read: a partial run resumes from here.
+        advanced = newest is not None and (stored is None or newest > stored)
+        if advanced and not dry_run:
+            assert newest is not None
             with svc.engine.begin() as conn:
                 runs.set_cursor(conn, CATCH_UP_CURSOR, str(newest), now=svc.clock())
-        state.resume = {"events_created_after": newest}
+        last = newest if advanced else stored
+        state.resume = {"events_created_after": last} if last is not None else None
     except BaseException as exc:
         fail(svc, state, gw, exc)
         raise
@@ -246,7 +278,7 @@ def run_scan(
         with svc.engine.connect() as conn:
             found = svc.ledger_for(conn).find_linked_many([pay.id for pay in page])
         p.handle([Item(pay.id, pay, found.get(pay.id)) for pay in page])
-        oldest_done = min(pay.created for pay in page)
+        oldest_done = min((pay.created for pay in page if pay.created), default=oldest_done)
         page.clear()
 
     try:
@@ -260,7 +292,7 @@ def run_scan(
                 if progress is not None:
                     progress(seen)
             flush()
-        except (StripeUnavailable, GuardTripped) as exc:
+        except (StripeUnavailable, GuardTripped, TransientError) as exc:
             page.clear()
             cut_short(state, p, "scan_missing", exc)
             state.resume = {

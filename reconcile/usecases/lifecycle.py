@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ledger.errors import TransientError
 from reconcile.engine import Pass
 from reconcile.guard import GuardTripped
 from reconcile.ports import Services
@@ -49,5 +50,6 @@ def cut_short(state: RunState, p: Pass, job: str, exc: Exception) -> None:
         state.cut_short = f"blast-radius guard: {exc.why}"
         p.open_incident(job, exc.why)
     else:
-        state.cut_short = f"stripe: {exc}"
+        source = "ledger" if isinstance(exc, TransientError) else "stripe"
+        state.cut_short = f"{source}: {exc}"
         state.errors.append(f"{type(exc).__name__}: {exc}")

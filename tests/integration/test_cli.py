@@ -31,6 +31,7 @@ def _fresh_state() -> None:
     # environment the test gives it.
     app_state.__dict__.pop("settings", None)
     app_state.__dict__.pop("engine", None)
+    app_state.__dict__.pop("ledger_for", None)
     worker.settings.get_settings.cache_clear()
     worker.wiring.reset()
 

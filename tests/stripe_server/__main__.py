@@ -19,6 +19,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=12111)
     parser.add_argument("--rate-limit", type=float, help="requests per second on /v1")
     parser.add_argument("--rate-burst", type=float)
+    parser.add_argument(
+        "--endpoint-rate-limit", type=float, help="requests per second per endpoint (Stripe: 25)"
+    )
+    parser.add_argument("--api-version", help="the account's default Stripe API version")
+    parser.add_argument(
+        "--omit-field",
+        action="append",
+        dest="omit_fields",
+        default=[],
+        help="drop a field from everything served, e.g. payment_intent.amount_received",
+    )
+    parser.add_argument(
+        "--companion-events", action="store_true", help="charge.* beside payment_intent.*"
+    )
+    parser.add_argument("--thin-events", action="store_true", help="record v1.* thin twins")
     parser.add_argument("--error-rate", type=float, default=0.0, help="probability of a 5xx")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument(
@@ -31,7 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
 
-    state = StripeState(load_templates(args.fixtures))
+    state = StripeState(
+        load_templates(args.fixtures),
+        api_version=args.api_version,
+        omit_fields=args.omit_fields,
+        companion_events=args.companion_events,
+        thin_events=args.thin_events,
+    )
     if args.seed:
         now = int(time.time())
         specs = random_payment_intents(
@@ -41,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     config = {
         "rate_limit": args.rate_limit,
         "rate_burst": args.rate_burst,
+        "endpoint_rate_limit": args.endpoint_rate_limit,
         "error_rate": args.error_rate,
         "latency_ms": args.latency_ms,
         "valid_keys": args.api_keys,
@@ -48,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     fake = FakeStripe(state, **config)
     print(
         f"test Stripe server on http://{args.host}:{args.port} "
-        f"({state.count_payment_intents()} payment intents, fixtures: {state.templates.source})",
+        f"({state.count_payment_intents()} payment intents, API version {state.api_version}, "
+        f"fixtures: {state.templates.source})",
         flush=True,
     )
     uvicorn.run(fake.app, host=args.host, port=args.port, log_level=args.log_level)

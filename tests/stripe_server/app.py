@@ -1,9 +1,11 @@
-"""The HTTP face of the fake: Stripe's wire format under /v1, a control plane under /_test.
+"""The HTTP face of the fake: Stripe's wire format under /v1 (and /v2/core/events), a control
+plane under /_test.
 
-Every /v1 request goes through the same gate, in the order a real client would meet the
-failures: latency, then authentication, then the rate limit, then injected 5xx. Control
-endpoints skip the gate and are not counted, so seeding or reading stats never disturbs what
-a test measures.
+Every /v1 and /v2 request goes through the same gate, in the order a real client would meet
+the failures: latency, then authentication, then the API version, then the rate limits (the
+global one and the endpoint's own [L1][L2]), then injected errors. Control endpoints skip the
+gate and are not counted, so seeding or reading stats never disturbs what a test measures.
+The `[..]` tags point at FACTS.md.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import re
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .state import StripeState
+from .state import SETTING_NAMES, StripeState
+from .versions import parse_version
 
 TEST_KEY_PREFIXES = ("sk_test_", "rk_test_")
 MAX_LIMIT = 100
@@ -40,9 +43,14 @@ _NO_KEY_MESSAGE = (
     "https://stripe.com/docs/api#authentication for details, or we can help at "
     "https://support.stripe.com/."
 )
+# [L3] The body of a rate-limited request.
 _RATE_LIMIT_MESSAGE = (
     "Request rate limit exceeded. You can learn more about rate limits here "
     "https://stripe.com/docs/rate-limits."
+)
+_LOCK_TIMEOUT_MESSAGE = (
+    "This object cannot be accessed right now because another API request or Stripe process "
+    "is currently accessing it. If you see this error intermittently, retry the request."
 )
 
 
@@ -53,18 +61,30 @@ _RATE_LIMIT_MESSAGE = (
 class ServerConfig:
     """Fault knobs, all changeable at runtime.
 
-    rate_limit: requests per second admitted on /v1 (None: unlimited); rate_burst: bucket
-    size (None: max(1, rate_limit)). error_rate: probability of an injected 5xx; fail_next:
-    fail exactly the next N admitted requests; error_status: the 5xx code used. latency_ms
-    (+ uniform latency_jitter_ms) delays every /v1 answer. valid_keys: accepted API keys
-    (None: any test-mode key). event_retention_days: hide older events as Stripe's Events
-    API does after 30 days (None: keep all, friendlier to seeds with old timestamps).
+    rate_limit: requests per second admitted on /v1 over all endpoints (None: unlimited;
+    Stripe: 100 live, 25 test [L1]); rate_burst: its bucket size (None: max(1, rate_limit)).
+    endpoint_rate_limit: requests per second admitted per endpoint (None: unlimited; Stripe's
+    default is 25 [L2]); endpoint_rate_limits: {endpoint: rate} overrides it per endpoint, by
+    the names Stats uses ("payment_intents.retrieve"...). A request must pass both buckets
+    and counts against both [L2]. rate_limit_should_retry: send `Stripe-Should-Retry:
+    true/false` on 429s (None: no header) [L4].
+    error_rate: probability of an injected error; fail_next: fail exactly the next N admitted
+    requests; error_status: its code (5xx, 409 or 429); error_code: its `code` (e.g.
+    "lock_timeout" with 429 [L5]); error_should_retry: `Stripe-Should-Retry` on it [L4].
+    latency_ms (+ uniform latency_jitter_ms) delays every answer. valid_keys: accepted API
+    keys (None: any test-mode key). event_retention_days: hide older events as Stripe's
+    Events API does after 30 days (None: keep all, friendlier to seeds with old timestamps).
     """
 
     rate_limit: float | None = None
     rate_burst: float | None = None
+    endpoint_rate_limit: float | None = None
+    endpoint_rate_limits: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    rate_limit_should_retry: bool | None = None
     error_rate: float = 0.0
     error_status: int = 500
+    error_code: str | None = None
+    error_should_retry: bool | None = None
     fail_next: int = 0
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
@@ -75,6 +95,7 @@ class ServerConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["valid_keys"] = None if self.valid_keys is None else sorted(self.valid_keys)
+        out["endpoint_rate_limits"] = dict(self.endpoint_rate_limits)
         return out
 
     def with_changes(self, changes: Mapping[str, Any]) -> ServerConfig:
@@ -83,9 +104,22 @@ class ServerConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         values = dict(changes)
-        for key in ("rate_limit", "rate_burst", "event_retention_days"):
+        for key in ("rate_limit", "rate_burst", "event_retention_days", "endpoint_rate_limit"):
             if key in values and values[key] is not None:
                 values[key] = _number(key, values[key], positive=True)
+        if "endpoint_rate_limits" in values:
+            limits = values["endpoint_rate_limits"] or {}
+            if not isinstance(limits, Mapping):
+                raise ValueError("endpoint_rate_limits must map endpoint names to rates")
+            values["endpoint_rate_limits"] = {
+                str(k): _number(f"endpoint_rate_limits[{k}]", v, positive=True)
+                for k, v in limits.items()
+            }
+        for key in ("rate_limit_should_retry", "error_should_retry"):
+            if values.get(key) is not None and not isinstance(values[key], bool):
+                raise ValueError(f"{key} must be true, false or null")
+        if values.get("error_code") is not None and not isinstance(values["error_code"], str):
+            raise ValueError("error_code must be a string or null")
         for key in ("latency_ms", "latency_jitter_ms"):
             if key in values:
                 values[key] = _number(key, values[key])
@@ -98,8 +132,8 @@ class ServerConfig:
             values["fail_next"] = _whole("fail_next", values["fail_next"])
         if "error_status" in values:
             status = _whole("error_status", values["error_status"])
-            if not 500 <= status <= 599:
-                raise ValueError("error_status must be a 5xx code")
+            if not (500 <= status <= 599 or status in (409, 429)):
+                raise ValueError("error_status must be a 5xx code, 409 or 429")
             values["error_status"] = status
         if values.get("valid_keys") is not None:
             keys = values["valid_keys"]
@@ -126,20 +160,71 @@ def _whole(name: str, value: Any) -> int:
 
 
 class Stats:
-    """Calls served on /v1, by endpoint and outcome ("200", "401", "404", "429", "5xx"...)."""
+    """Calls served on /v1 and /v2, by endpoint and outcome ("200", "401", "404", "429",
+    "5xx"...), and when each arrived: enough to prove that a client sharing a budget never
+    sent more than it allowed in any one second, per endpoint or in all."""
 
-    def __init__(self) -> None:
+    MAX_ARRIVALS = 2_000_000
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[tuple[str, str]] = Counter()
+        self._arrivals: deque[tuple[float, str, str]] = deque(maxlen=self.MAX_ARRIVALS)
+        self._clock = clock
 
     def reset(self) -> None:
         with self._lock:
             self._counts.clear()
+            self._arrivals.clear()
 
-    def record(self, endpoint: str, status: int) -> None:
+    def record(self, endpoint: str, status: int, at: float | None = None) -> None:
         outcome = "5xx" if status >= 500 else str(status)
+        at = self._clock() if at is None else at
         with self._lock:
             self._counts[(endpoint, outcome)] += 1
+            self._arrivals.append((at, endpoint, outcome))
+
+    def _times(self, endpoint: str | None, outcome: str | None, admitted_only: bool) -> list[float]:
+        with self._lock:
+            items = list(self._arrivals)
+        return sorted(
+            t
+            for t, ep, out in items
+            if (endpoint is None or ep == endpoint)
+            and (outcome is None or out == outcome)
+            and not (admitted_only and out == "429")
+        )
+
+    def per_second(
+        self,
+        endpoint: str | None = None,
+        outcome: str | None = None,
+        *,
+        admitted_only: bool = False,
+    ) -> dict[int, int]:
+        """Requests by the whole (Unix) second they arrived in."""
+        counts: Counter[int] = Counter(
+            int(t) for t in self._times(endpoint, outcome, admitted_only)
+        )
+        return dict(sorted(counts.items()))
+
+    def peak(
+        self,
+        endpoint: str | None = None,
+        outcome: str | None = None,
+        *,
+        window: float = 1.0,
+        admitted_only: bool = False,
+    ) -> int:
+        """The most requests that arrived within any `window` seconds (a sliding window, so
+        a burst straddling two clock seconds is not split in two)."""
+        times = self._times(endpoint, outcome, admitted_only)
+        best, lo = 0, 0
+        for hi, t in enumerate(times):
+            while t - times[lo] >= window:
+                lo += 1
+            best = max(best, hi - lo + 1)
+        return best
 
     def count(self, endpoint: str | None = None, outcome: str | None = None) -> int:
         with self._lock:
@@ -174,11 +259,14 @@ class TokenBucket:
         self.clock = clock
         self.stamp = clock()
 
-    def take(self) -> bool:
+    def ready(self) -> bool:
         now = self.clock()
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1:
+        return self.tokens >= 1
+
+    def take(self) -> bool:
+        if self.ready():
             self.tokens -= 1
             return True
         return False
@@ -196,9 +284,11 @@ class StripeHTTPError(Exception):
         type: str = "invalid_request_error",
         code: str | None = None,
         param: str | None = None,
+        should_retry: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
+        self.should_retry = should_retry
         self.body: dict[str, Any] = {"type": type, "message": message}
         if code is not None:
             self.body["code"] = code
@@ -207,7 +297,11 @@ class StripeHTTPError(Exception):
             self.body["param"] = param
 
     def response(self) -> Response:
-        return _json({"error": self.body}, self.status)
+        response = _json({"error": self.body}, self.status)
+        if self.should_retry is not None:
+            # [L4] The API tells clients whether a retry can succeed.
+            response.headers["Stripe-Should-Retry"] = "true" if self.should_retry else "false"
+        return response
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -306,10 +400,17 @@ def _expand(params: Mapping[str, Any], allowed: Iterable[str]) -> set[str]:
 
 
 class FakeStripe:
-    """State + faults + stats, and the Starlette app (`.app`) that serves them."""
+    """State + faults + stats, and the Starlette app (`.app`) that serves them.
+
+    `config` takes ServerConfig's fields and the account settings of StripeState
+    (api_version, omit_fields, companion_events, thin_events...), which go to the state."""
 
     def __init__(self, state: StripeState | None = None, **config: Any) -> None:
+        account = {k: config.pop(k) for k in list(config) if k in SETTING_NAMES}
         self.state = state if state is not None else StripeState()
+        if account:
+            self.state.configure(**account)
+        self.initial_settings = self.state.settings
         self.initial_config = ServerConfig().with_changes(config)
         self.stats = Stats()
         self._gate = threading.Lock()
@@ -320,8 +421,12 @@ class FakeStripe:
     # -- runtime control (also reachable over HTTP under /_test) --------------------------
 
     def configure(self, **changes: Any) -> ServerConfig:
+        account = {k: changes.pop(k) for k in list(changes) if k in SETTING_NAMES}
         with self._gate:
-            self._apply_config(self.config.with_changes(changes), changes)
+            config = self.config.with_changes(changes)  # validate both before changing either
+            if account:
+                self.state.configure(**account)
+            self._apply_config(config, changes)
             return self.config
 
     def reset(self, *, state: bool = True, stats: bool = True, config: bool = True) -> None:
@@ -332,6 +437,7 @@ class FakeStripe:
         if config:
             with self._gate:
                 self._apply_config(self.initial_config)
+                self.state.configure(**self.initial_settings.to_dict())
 
     def _apply_config(self, config: ServerConfig, changes: Mapping[str, Any] | None = None):
         self.config = config
@@ -341,10 +447,13 @@ class FakeStripe:
             if config.rate_limit is not None:
                 burst = config.rate_burst or max(1.0, config.rate_limit)
                 self._bucket = TokenBucket(config.rate_limit, burst)
+        endpoint_keys = {"endpoint_rate_limit", "endpoint_rate_limits"}
+        if changes is None or endpoint_keys & set(changes):
+            self._endpoint_buckets: dict[str, TokenBucket] = {}
         if changes is None or "random_seed" in changes:
             self._rng = random.Random(config.random_seed)
 
-    # -- the /v1 gate ----------------------------------------------------------------------
+    # -- the gate ----------------------------------------------------------------------------
 
     def _authenticate(self, request: Request) -> None:
         header = request.headers.get("authorization", "")
@@ -363,22 +472,50 @@ class FakeStripe:
         if not key.startswith(TEST_KEY_PREFIXES) or (valid is not None and key not in valid):
             raise StripeHTTPError(401, f"Invalid API Key provided: {_mask(key)}")
 
-    def _admit(self) -> None:
+    def _version(self, request: Request) -> str:
+        """[V2] The request's Stripe-Version header, else the account's default version."""
+        asked = request.headers.get("stripe-version")
+        if asked is None:
+            return self.state.api_version
+        try:
+            return parse_version(asked).name
+        except ValueError:
+            raise StripeHTTPError(
+                400, f"Invalid Stripe API version: {asked}", code="api_version_invalid"
+            ) from None
+
+    def _endpoint_bucket(self, endpoint: str) -> TokenBucket | None:
+        bucket = self._endpoint_buckets.get(endpoint)
+        if bucket is None:
+            rate = self.config.endpoint_rate_limits.get(endpoint, self.config.endpoint_rate_limit)
+            if rate is None:
+                return None
+            bucket = self._endpoint_buckets[endpoint] = TokenBucket(rate, max(1.0, rate))
+        return bucket
+
+    def _admit(self, endpoint: str) -> None:
         with self._gate:
-            if self._bucket is not None and not self._bucket.take():
-                raise StripeHTTPError(429, _RATE_LIMIT_MESSAGE, code="rate_limit")
-            fail = False
-            if self.config.fail_next > 0:
-                self.config = dataclasses.replace(self.config, fail_next=self.config.fail_next - 1)
-                fail = True
-            elif self.config.error_rate > 0:
-                fail = self._rng.random() < self.config.error_rate
-            if fail:
+            config = self.config
+            # [L2] An endpoint's own limit also counts against the global one: admit only
+            # when both have room, and take from both.
+            buckets = [b for b in (self._bucket, self._endpoint_bucket(endpoint)) if b]
+            if not all(b.ready() for b in buckets):
                 raise StripeHTTPError(
-                    self.config.error_status,
-                    "An unknown error occurred (injected by the test Stripe server).",
-                    type="api_error",
+                    429,
+                    _RATE_LIMIT_MESSAGE,
+                    code="rate_limit",
+                    should_retry=config.rate_limit_should_retry,
                 )
+            for bucket in buckets:
+                bucket.take()
+            fail = False
+            if config.fail_next > 0:
+                self.config = dataclasses.replace(config, fail_next=config.fail_next - 1)
+                fail = True
+            elif config.error_rate > 0:
+                fail = self._rng.random() < config.error_rate
+            if fail:
+                raise _injected(config)
 
     async def _serve_v1(
         self, request: Request, endpoint: str, handler: Callable[[Request], Response]
@@ -389,17 +526,19 @@ class FakeStripe:
             delay += self._rng.uniform(0, config.latency_jitter_ms)
         if delay > 0:
             await asyncio.sleep(delay / 1000)
+        version = self.state.api_version
+        arrived = time.time()
         try:
             self._authenticate(request)
-            self._admit()
+            version = self._version(request)
+            request.state.api_version = version
+            self._admit(endpoint)
             response = handler(request)
         except StripeHTTPError as exc:
             response = exc.response()
-        self.stats.record(endpoint, response.status_code)
+        self.stats.record(endpoint, response.status_code, arrived)
         response.headers["Request-Id"] = f"req_{uuid.uuid4().hex[:14]}"
-        response.headers["Stripe-Version"] = request.headers.get(
-            "stripe-version", self.state.api_version or ""
-        )
+        response.headers["Stripe-Version"] = version or ""
         return response
 
     def _v1(self, path: str, endpoint: str, handler: Callable[[Request], Response]) -> Route:
@@ -412,9 +551,14 @@ class FakeStripe:
 
     def _retrieve_payment_intent(self, request: Request) -> Response:
         params = parse_query(request.query_params.multi_items(), {"expand", "client_secret"})
-        expand = _expand(params, {"latest_charge"})
+        expand = _expand(params, {"latest_charge", "latest_charge.refunds"})
         pi_id = request.path_params["id"]
-        pi = self.state.get_rendered_pi(pi_id, expand_charge="latest_charge" in expand)
+        pi = self.state.get_rendered_pi(
+            pi_id,
+            expand_charge=bool(expand),
+            expand_refunds="latest_charge.refunds" in expand,
+            api_version=request.state.api_version,
+        )
         if pi is None:
             raise StripeHTTPError(
                 404,
@@ -429,7 +573,7 @@ class FakeStripe:
             request.query_params.multi_items(),
             {"created", "customer", "limit", "starting_after", "ending_before", "expand"},
         )
-        expand = _expand(params, {"data.latest_charge"})
+        expand = _expand(params, {"data.latest_charge", "data.latest_charge.refunds"})
         after, before = _cursors(params)
         try:
             data, has_more = self.state.list_payment_intents(
@@ -438,7 +582,9 @@ class FakeStripe:
                 starting_after=after,
                 ending_before=before,
                 customer=params.get("customer"),
-                expand_charge="data.latest_charge" in expand,
+                expand_charge=bool(expand),
+                expand_refunds="data.latest_charge.refunds" in expand,
+                api_version=request.state.api_version,
             )
         except LookupError as exc:
             raise _missing("payment_intent", params[str(exc.args[0])], str(exc.args[0])) from None
@@ -484,6 +630,7 @@ class FakeStripe:
         return _json(_page(data, has_more, "/v1/events"))
 
     def _retrieve_event(self, request: Request) -> Response:
+        # [E2] Event payloads are never expanded: `expand` is refused here.
         _expand(parse_query(request.query_params.multi_items(), {"expand"}), ())
         event_id = request.path_params["id"]
         event = self.state.get_rendered_event(event_id, min_created=self._events_min_created())
@@ -492,12 +639,74 @@ class FakeStripe:
         return _json(event)
 
     def _retrieve_charge(self, request: Request) -> Response:
-        _expand(parse_query(request.query_params.multi_items(), {"expand"}), ())
+        expand = _expand(parse_query(request.query_params.multi_items(), {"expand"}), {"refunds"})
         charge_id = request.path_params["id"]
-        charge = self.state.get_rendered_charge(charge_id)
+        charge = self.state.get_rendered_charge(
+            charge_id, expand_refunds="refunds" in expand, api_version=request.state.api_version
+        )
         if charge is None:
             raise _missing("charge", charge_id, "id", status=404)
         return _json(charge)
+
+    def _children(self, kind: str, resource: str, path: str) -> tuple[Callable, Callable]:
+        """Retrieve and list handlers of refunds, disputes, early fraud warnings: list filters
+        payment_intent, charge, created [R5][D6][F3]; expand charge, payment_intent."""
+
+        def retrieve(request: Request) -> Response:
+            params = parse_query(request.query_params.multi_items(), {"expand"})
+            expand = _expand(params, {"charge", "payment_intent"})
+            child_id = request.path_params["id"]
+            found = self.state.get_rendered_child(
+                kind, child_id, expand=expand, api_version=request.state.api_version
+            )
+            if found is None:
+                raise _missing(resource, child_id, "id", status=404)
+            return _json(found)
+
+        def listing(request: Request) -> Response:
+            params = parse_query(
+                request.query_params.multi_items(),
+                {
+                    "created",
+                    "charge",
+                    "payment_intent",
+                    "limit",
+                    "starting_after",
+                    "ending_before",
+                    "expand",
+                },
+            )
+            expand = _expand(params, {"data.charge", "data.payment_intent"})
+            after, before = _cursors(params)
+            for name in ("charge", "payment_intent"):
+                if name in params and not isinstance(params[name], str):
+                    raise _bad(f"Invalid string: {params[name]}", param=name)
+            try:
+                data, has_more = self.state.list_children(
+                    kind,
+                    limit=_limit(params),
+                    created=_created(params.get("created")),
+                    starting_after=after,
+                    ending_before=before,
+                    payment_intent=params.get("payment_intent"),
+                    charge=params.get("charge"),
+                    expand={e.removeprefix("data.") for e in expand},
+                    api_version=request.state.api_version,
+                )
+            except LookupError as exc:
+                param = str(exc.args[0])
+                raise _missing(resource, params[param], param) from None
+            return _json(_page(data, has_more, path))
+
+        return retrieve, listing
+
+    def _retrieve_v2_event(self, request: Request) -> Response:
+        # [T3] The full thin event: what the notification carries plus snapshot_event.
+        event_id = request.path_params["id"]
+        event = self.state.get_thin_event(event_id)
+        if event is None:
+            raise _missing("event", event_id, "id", status=404)
+        return _json(event)
 
     def _events_min_created(self) -> int | None:
         days = self.config.event_retention_days
@@ -513,21 +722,30 @@ class FakeStripe:
 
     # -- /_test control plane --------------------------------------------------------------
 
+    @staticmethod
+    def _write_options(request: Request, body: dict[str, Any]) -> dict[str, Any]:
+        """at / record_events / envelope of a control write, and its API version: the body's
+        `api_version`, else the control request's own Stripe-Version header [V2]."""
+        options: dict[str, Any] = {
+            "at": body.pop("at", None),
+            "record_events": bool(body.pop("record_events", True)),
+            "envelope": body.pop("envelope", None),
+        }
+        version = body.pop("api_version", None) or request.headers.get("stripe-version")
+        if version is not None:
+            options["api_version"] = version
+        return options
+
     async def _control_create(self, request: Request) -> Response:
         body = await _body(request, dict)
-        at, record = body.pop("at", None), body.pop("record_events", True)
-        change = self.state.create_payment_intent(at=at, record_events=record, **body)
-        return _json(_change(change))
+        options = self._write_options(request, body)
+        return _json(_change(self.state.create_payment_intent(**options, **body)))
 
     async def _control_update(self, request: Request) -> Response:
         body = await _body(request, dict)
-        at, record = body.pop("at", None), body.pop("record_events", True)
+        options = self._write_options(request, body)
         pi_id = request.path_params["id"]
-        try:
-            change = self.state.update_payment_intent(pi_id, at=at, record_events=record, **body)
-        except KeyError:
-            raise _missing("payment_intent", pi_id, "id", status=404) from None
-        return _json(_change(change))
+        return _json(_change(self.state.update_payment_intent(pi_id, **options, **body)))
 
     async def _control_get(self, request: Request) -> Response:
         pi_id = request.path_params["id"]
@@ -535,6 +753,21 @@ class FakeStripe:
         if pi is None:
             raise _missing("payment_intent", pi_id, "id", status=404)
         return _json(pi)
+
+    def _control_action(self, method: str, *, versioned: bool = False) -> Callable:
+        """POST /_test/<objects>/{id}/<action> -> StripeState.<method>(id, **body)."""
+
+        async def action(request: Request) -> Response:
+            body = await _body(request, dict, empty_ok=True)
+            options = self._write_options(request, body)
+            if not versioned:
+                options.pop("api_version", None)
+            if method == "touch_payment_intent":
+                options.pop("envelope", None)
+            call = getattr(self.state, method)
+            return _json(_change(call(request.path_params["id"], **options, **body)))
+
+        return action
 
     async def _control_bulk(self, request: Request) -> Response:
         body = await _body(request, (list, dict))
@@ -553,14 +786,28 @@ class FakeStripe:
         body = await _body(request, dict)
         if not isinstance(body.get("type"), str) or not isinstance(body.get("object"), dict):
             raise _bad("an event needs a string 'type' and an 'object'")
-        return _json(self.state.add_event(body["type"], body["object"], body.get("created")))
+        return _json(
+            self.state.add_event(
+                body["type"], body["object"], body.get("created"), envelope=body.get("envelope")
+            )
+        )
 
     async def _control_events(self, request: Request) -> Response:
         types = request.query_params.getlist("type") or None
         return _json({"data": self.state.events(types)})
 
+    async def _control_thin_event(self, request: Request) -> Response:
+        return _json(self.state.thin_event(request.path_params["id"]))
+
     async def _control_stats(self, request: Request) -> Response:
-        return _json(self.stats.snapshot())
+        out = self.stats.snapshot()
+        if request.query_params.get("per_second") in ("1", "true"):
+            endpoint = request.query_params.get("endpoint")
+            window = float(request.query_params.get("window", "1"))
+            out["per_second"] = self.stats.per_second(endpoint)
+            out["peak"] = self.stats.peak(endpoint, window=window)
+            out["peak_admitted"] = self.stats.peak(endpoint, window=window, admitted_only=True)
+        return _json(out)
 
     async def _control_stats_reset(self, request: Request) -> Response:
         self.stats.reset()
@@ -569,7 +816,7 @@ class FakeStripe:
     async def _control_config(self, request: Request) -> Response:
         if request.method == "POST":
             self.configure(**await _body(request, dict))
-        return _json(self.config.to_dict())
+        return _json({**self.config.to_dict(), **self.state.settings.to_dict()})
 
     async def _control_reset(self, request: Request) -> Response:
         body = await _body(request, dict, empty_ok=True)
@@ -586,6 +833,7 @@ class FakeStripe:
                 "payment_intents": self.state.count_payment_intents(),
                 "events": self.state.count_events(),
                 "fixtures": self.state.templates.source,
+                "api_version": self.state.api_version,
             }
         )
 
@@ -596,11 +844,18 @@ class FakeStripe:
                     return await endpoint(request)
                 except StripeHTTPError as exc:
                     return exc.response()
+                except KeyError as exc:
+                    return _missing("object", exc.args[0], "id", status=404).response()
                 except (ValueError, TypeError) as exc:
                     return _bad(str(exc)).response()
 
             return Route(path, guarded, methods=methods)
 
+        refund_get, refund_list = self._children("refund", "refund", "/v1/refunds")
+        dispute_get, dispute_list = self._children("dispute", "dispute", "/v1/disputes")
+        efw_get, efw_list = self._children(
+            "radar.early_fraud_warning", "early_fraud_warning", "/v1/radar/early_fraud_warnings"
+        )
         routes = [
             self._v1("/v1/payment_intents", "payment_intents.list", self._list_payment_intents),
             self._v1(
@@ -611,20 +866,94 @@ class FakeStripe:
             self._v1("/v1/events", "events.list", self._list_events),
             self._v1("/v1/events/{id}", "events.retrieve", self._retrieve_event),
             self._v1("/v1/charges/{id}", "charges.retrieve", self._retrieve_charge),
+            self._v1("/v1/refunds", "refunds.list", refund_list),
+            self._v1("/v1/refunds/{id}", "refunds.retrieve", refund_get),
+            self._v1("/v1/disputes", "disputes.list", dispute_list),
+            self._v1("/v1/disputes/{id}", "disputes.retrieve", dispute_get),
+            self._v1("/v1/radar/early_fraud_warnings", "radar.early_fraud_warnings.list", efw_list),
+            self._v1(
+                "/v1/radar/early_fraud_warnings/{id}",
+                "radar.early_fraud_warnings.retrieve",
+                efw_get,
+            ),
+            self._v1("/v2/core/events/{id}", "v2.core.events.retrieve", self._retrieve_v2_event),
             Route("/v1/{rest:path}", self._unrecognized, methods=_ALL_METHODS),
+            Route("/v2/{rest:path}", self._unrecognized, methods=_ALL_METHODS),
             control("/_test/health", self._control_health, ["GET"]),
             control("/_test/payment_intents", self._control_create, ["POST"]),
             control("/_test/payment_intents/bulk", self._control_bulk, ["POST"]),
             control("/_test/payment_intents/{id}", self._control_update, ["POST"]),
             control("/_test/payment_intents/{id}", self._control_get, ["GET"]),
+            control(
+                "/_test/payment_intents/{id}/capture",
+                self._control_action("capture", versioned=True),
+                ["POST"],
+            ),
+            control(
+                "/_test/payment_intents/{id}/cancel",
+                self._control_action("cancel", versioned=True),
+                ["POST"],
+            ),
+            control(
+                "/_test/payment_intents/{id}/touch",
+                self._control_action("touch_payment_intent"),
+                ["POST"],
+            ),
+            control(
+                "/_test/payment_intents/{id}/refunds", self._control_action("refund"), ["POST"]
+            ),
+            control(
+                "/_test/payment_intents/{id}/disputes",
+                self._control_action("open_dispute"),
+                ["POST"],
+            ),
+            control(
+                "/_test/payment_intents/{id}/early_fraud_warnings",
+                self._control_action("add_early_fraud_warning"),
+                ["POST"],
+            ),
+            control("/_test/refunds/{id}", self._control_action("update_refund"), ["POST"]),
+            control("/_test/disputes/{id}", self._control_action("update_dispute"), ["POST"]),
             control("/_test/events", self._control_add_event, ["POST"]),
             control("/_test/events", self._control_events, ["GET"]),
+            control("/_test/events/{id}/thin", self._control_thin_event, ["GET"]),
             control("/_test/stats", self._control_stats, ["GET"]),
             control("/_test/stats/reset", self._control_stats_reset, ["POST"]),
             control("/_test/config", self._control_config, ["GET", "POST"]),
             control("/_test/reset", self._control_reset, ["POST"]),
         ]
         return Starlette(routes=routes)
+
+
+def _injected(config: ServerConfig) -> StripeHTTPError:
+    """An error the test asked for, shaped as Stripe sends that kind."""
+    if config.error_status == 429:
+        if config.error_code in (None, "rate_limit"):
+            message = _RATE_LIMIT_MESSAGE
+        else:
+            message = _LOCK_TIMEOUT_MESSAGE  # [L5]
+        return StripeHTTPError(
+            429,
+            message,
+            code=config.error_code or "rate_limit",
+            should_retry=config.error_should_retry,
+        )
+    if config.error_status == 409:
+        return StripeHTTPError(
+            409,
+            "Keys for idempotent requests can only be used with the same parameters they were "
+            "first used with (injected by the test Stripe server).",
+            type="idempotency_error",
+            code=config.error_code,
+            should_retry=config.error_should_retry,
+        )
+    return StripeHTTPError(
+        config.error_status,
+        "An unknown error occurred (injected by the test Stripe server).",
+        type="api_error",
+        code=config.error_code,
+        should_retry=config.error_should_retry,
+    )
 
 
 def create_app(state: StripeState | None = None, **config: Any) -> Starlette:
@@ -653,6 +982,10 @@ def _change(change: Any) -> dict[str, Any]:
         "payment_intent": change.payment_intent,
         "events": change.events,
         "event": change.event,
+        "refund": change.refund,
+        "dispute": change.dispute,
+        "early_fraud_warning": change.early_fraud_warning,
+        "thin_events": change.thin_events,
     }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,35 @@ _EMBEDDED: dict[str, dict[str, Any]] = {
         "status": "warning_needs_response",
         "enhanced_eligibility_types": [],
     },
+    "refund": {
+        "amount": 100,
+        "balance_transaction": None,
+        "charge": "ch_1PgafuB7WZ01zgkWXYmPNZs8",
+        "created": 1234567890,
+        "currency": "usd",
+        "destination_details": {"card": {"type": "reversal"}, "type": "card"},
+        "id": "re_1Pgc72B7WZ01zgkWqPvrRrPE",
+        "metadata": {},
+        "object": "refund",
+        "payment_intent": None,
+        "reason": None,
+        "receipt_number": None,
+        "source_transfer_reversal": None,
+        "status": "succeeded",
+        "transfer_reversal": None,
+        "customer": None,
+        "customer_account": None,
+        "payment_method": None,
+    },
+    "radar.early_fraud_warning": {
+        "actionable": True,
+        "charge": "ch_1234",
+        "created": 1234567890,
+        "fraud_type": "misc",
+        "id": "issfr_1Pgc79B7WZ01zgkWxwDzEIPX",
+        "livemode": False,
+        "object": "radar.early_fraud_warning",
+    },
     "event": {
         "api_version": None,
         "created": 1234567890,
@@ -152,6 +181,21 @@ _EMBEDDED: dict[str, dict[str, Any]] = {
 }
 
 
+# Fixture resource name -> Templates field.
+RESOURCES = {
+    "payment_intent": "payment_intent",
+    "charge": "charge",
+    "dispute": "dispute",
+    "event": "event",
+    "refund": "refund",
+    "radar.early_fraud_warning": "early_fraud_warning",
+}
+
+
+def _embedded(name: str) -> Any:
+    return field(default_factory=lambda: copy.deepcopy(_EMBEDDED[name]))
+
+
 @dataclass(frozen=True)
 class Templates:
     """One example object per resource. Never mutate these: every object served is a copy."""
@@ -161,6 +205,8 @@ class Templates:
     dispute: dict[str, Any]
     event: dict[str, Any]
     source: str
+    refund: dict[str, Any] = _embedded("refund")
+    early_fraud_warning: dict[str, Any] = _embedded("radar.early_fraud_warning")
 
 
 def fixtures_path() -> Path:
@@ -176,11 +222,12 @@ def load_templates(path: Path | None = None) -> Templates:
         resources = json.loads(path.read_text(encoding="utf-8")).get("resources", {})
         source = str(path)
     picked = {
-        name: copy.deepcopy(resources.get(name) or _EMBEDDED[name])
-        for name in ("payment_intent", "charge", "dispute", "event")
+        attr: copy.deepcopy(resources.get(name) or _EMBEDDED[name])
+        for name, attr in RESOURCES.items()
     }
     return Templates(source=source, **picked)
 
 
 def embedded_templates() -> Templates:
-    return Templates(source="embedded", **copy.deepcopy(_EMBEDDED))
+    picked = {attr: copy.deepcopy(_EMBEDDED[name]) for name, attr in RESOURCES.items()}
+    return Templates(source="embedded", **picked)

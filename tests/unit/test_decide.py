@@ -17,8 +17,11 @@ from reconcile.model import (
     Action,
     CreateSpec,
     Decision,
+    Dispute,
+    DisputeStatus,
     Entry,
     EntryStatus,
+    FraudWarning,
     Payment,
     PaymentStatus,
     Policy,
@@ -33,6 +36,14 @@ YOUNG = timedelta(minutes=5)
 PAST_GRACE = timedelta(hours=2)
 PAST_SLA = timedelta(days=2)
 DECLINED = "card_declined"
+OPEN_DISPUTE = Dispute(
+    "du_1",
+    DisputeStatus.NEEDS_RESPONSE,
+    amount=1000,
+    currency="USD",
+    reason="fraudulent",
+    evidence_due_by=NOW + timedelta(days=10),
+)
 
 IN_PROGRESS = [
     PaymentStatus.PROCESSING,
@@ -55,7 +66,13 @@ def payment(
         else received,
         "currency": "USD",
         "created": NOW - timedelta(days=3),
+        # An expanded charge: refunds and disputes known (none), fraud warnings known too.
+        "amount_refunded": 0,
+        "disputes": (),
+        "fraud_warnings": (),
     }
+    if kw.pop("disputed", False):
+        fields["disputes"] = (OPEN_DISPUTE,)
     fields.update(kw)
     return Payment(**fields)  # type: ignore[arg-type]
 
@@ -217,7 +234,6 @@ def test_waits_on_a_payment_nobody_has_tried_to_pay_yet_even_past_the_grace_peri
     ("status", "severity"),
     [
         (PaymentStatus.PROCESSING, Severity.MEDIUM),
-        (PaymentStatus.REQUIRES_CAPTURE, Severity.MEDIUM),
         (PaymentStatus.REQUIRES_ACTION, Severity.LOW),
         (PaymentStatus.REQUIRES_CONFIRMATION, Severity.LOW),
         (PaymentStatus.REQUIRES_PAYMENT_METHOD, Severity.LOW),
@@ -428,14 +444,20 @@ def test_tickets_a_voided_partial_capture_whose_committed_part_is_short() -> Non
 def test_matches_a_voided_entry_whose_partial_capture_was_committed_first() -> None:
     voided = entry(EntryStatus.VOID, committed_amount=600, voided_amount=400)
     assert decide(payment(received=600), voided, POLICY, NOW) == Decision(
-        Action.MATCHED, Reason.PARTIAL_CAPTURE_SETTLED, resolves=False
+        Action.MATCHED,
+        Reason.PARTIAL_CAPTURE_SETTLED,
+        resolves=True,
+        keeps=frozenset({TicketKind.AMOUNT_MISMATCH}),
     )
 
 
 def test_a_settled_partial_capture_keeps_its_ticket_open_for_cx() -> None:
     applied = entry(EntryStatus.APPLIED, committed_amount=600, voided_amount=400)
     assert decide(payment(received=600), applied, POLICY, NOW) == Decision(
-        Action.MATCHED, Reason.PARTIAL_CAPTURE_SETTLED, resolves=False
+        Action.MATCHED,
+        Reason.PARTIAL_CAPTURE_SETTLED,
+        resolves=True,
+        keeps=frozenset({TicketKind.AMOUNT_MISMATCH}),
     )
 
 
@@ -533,9 +555,18 @@ def test_every_reason_is_reachable_and_snake_case() -> None:
         for extra in (
             {},
             {"currency": "EUR"},
-            {"disputed": True},
+            {"disputes": (OPEN_DISPUTE,)},
+            {"disputes": (replace(OPEN_DISPUTE, evidence_due_by=NOW + timedelta(days=1)),)},
+            {"disputes": (replace(OPEN_DISPUTE, status=DisputeStatus.UNDER_REVIEW),)},
+            {"disputes": (replace(OPEN_DISPUTE, status=DisputeStatus.LOST),)},
+            {"fraud_warnings": (FraudWarning("issfr_1", "made_with_stolen_card"),)},
             {"amount_refunded": 100},
             {"metadata": {"ledger_destination": "bal_c"}},
+            {"amount_received": None},
+            {"status": None},
+            {"problems": ("payment_intent.amount_received: expected an integer, got True",)},
+            {"amount_refunded": None, "metadata": {"ledger_destination": "bal_c"}},
+            {"created": NOW - timedelta(days=6)},
         )
     ]
     entries = [*all_entries(), entry(committed_amount=800, voided_amount=800)]
@@ -564,8 +595,8 @@ payments = st.builds(
     currency=st.sampled_from(["USD", "EUR"]),
     created=st.just(NOW - timedelta(days=6)),
     last_payment_error=st.sampled_from([None, DECLINED]),
-    amount_refunded=st.sampled_from([0, 100]),
-    disputed=st.booleans(),
+    amount_refunded=st.sampled_from([0, 100, None]),
+    disputes=st.sampled_from([(), (OPEN_DISPUTE,), None]),
     metadata=st.sampled_from([{}, {"ledger_destination": "bal_c"}]),
 )
 entries = st.builds(

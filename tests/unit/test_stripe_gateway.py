@@ -19,9 +19,11 @@ import requests
 import responses
 import stripe
 
-from reconcile.model import PaymentStatus
+from reconcile.model import DisputeStatus, PaymentStatus
 from reconcile.stripe_batch import fetch_many
 from reconcile.stripe_gateway import (
+    STRIPE_API_VERSION,
+    InvalidStripeId,
     StripeAuthError,
     StripeGateway,
     StripeRequestError,
@@ -690,9 +692,12 @@ def test_every_stripe_status_converts_to_its_payment_status(status):
     assert payment_from_stripe(make_pi("pi_1", status=status)).status == PaymentStatus(status)
 
 
-def test_an_unknown_status_is_refused_rather_than_guessed():
-    with pytest.raises(ValueError, match="pi_1"):
-        payment_from_stripe(make_pi("pi_1", status="requires_magic"))
+def test_an_unknown_status_is_unknown_rather_than_guessed():
+    payment = payment_from_stripe(make_pi("pi_1", status="requires_magic"))
+    assert payment.status is None
+    assert payment.problems == (
+        "payment_intent.status: expected a PaymentIntent status, got 'requires_magic'",
+    )
 
 
 def test_zero_decimal_currency_amounts_are_kept_as_they_are():
@@ -709,16 +714,20 @@ def test_created_becomes_an_aware_utc_datetime():
 
 def test_a_refunded_and_disputed_charge_shows_on_the_payment():
     charge = make_charge(amount=3000, amount_captured=3000, amount_refunded=1200, disputed=True)
-    payment = payment_from_stripe(make_pi("pi_1", amount=3000, latest_charge=charge))
+    dispute = {"id": "du_1", "status": "needs_response", "amount": 3000, "currency": "usd"}
+    payment = payment_from_stripe(
+        make_pi("pi_1", amount=3000, latest_charge=charge), disputes=[dispute]
+    )
 
     assert payment.amount_refunded == 1200
-    assert payment.disputed is True and payment.amount_disputed == 3000
+    assert payment.disputed is True
+    assert payment.disputes is not None and payment.disputes[0].amount == 3000
 
 
 def test_an_unexpanded_latest_charge_says_nothing_of_refunds():
     payment = payment_from_stripe(make_pi("pi_1", latest_charge="ch_123"))
 
-    assert (payment.amount_refunded, payment.disputed, payment.amount_disputed) == (0, False, 0)
+    assert (payment.amount_refunded, payment.disputes) == (None, None)
 
 
 def test_last_payment_error_becomes_its_code_or_message():
@@ -827,3 +836,96 @@ def test_events_without_a_cursor_start_at_the_30_day_retention(fake, make_gatewa
     first = next(q for name, q in fake.requests if name == "events")
     assert int(first["created[gte]"][0]) == now - 30 * 86_400 + 1
     assert gateway.snapshot()["calls"] < 12  # empty windows grow quickly
+
+
+# --------------------------------------------------------------------------- issue 9
+
+
+def test_every_request_pins_the_stripe_version(fake, make_gateway, rsps):
+    fake.add(make_pi("pi_v", latest_charge=make_charge()))
+    make_gateway().retrieve("pi_v")
+    make_gateway(api_version="2024-06-20").retrieve("pi_v")
+
+    versions = [call.request.headers["Stripe-Version"] for call in rsps.calls]
+    assert versions == [STRIPE_API_VERSION, "2024-06-20"]
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_stripe_should_retry_false_is_never_retried(fake, make_gateway, sleeps, status):
+    fake.add(make_pi("pi_n"))
+    fake.failures = [
+        (status, error_body(status, "lock_timeout", "x"), {"Stripe-Should-Retry": "false"})
+    ]
+    gateway = make_gateway()
+
+    with pytest.raises(StripeUnavailable) as raised:
+        gateway.retrieve("pi_n")
+    assert raised.value.attempts == 1
+    assert fake.counts["retrieve"] == 1 and sleeps == []
+
+
+def test_each_request_draws_on_its_endpoints_budget_and_the_global_one(fake, make_gateway):
+    fake.add(make_pi("pi_e"))
+    per_endpoint: dict[str, CountingLimiter] = {}
+
+    def endpoint(name: str) -> CountingLimiter:
+        return per_endpoint.setdefault(name, CountingLimiter())
+
+    gateway = make_gateway(endpoint_limiter=endpoint)
+    gateway.retrieve("pi_e")
+    list(
+        gateway.list_created(
+            datetime.fromtimestamp(T0 - 10, UTC), datetime.fromtimestamp(T0 + 10, UTC)
+        )
+    )
+
+    assert {k: v.acquired for k, v in per_endpoint.items()} == {
+        "payment_intents.retrieve": 1,
+        "payment_intents.list": 1,
+    }
+    assert gateway.limiter.acquired == 2
+
+
+@pytest.mark.parametrize(
+    "bad", ["../x", "pi_x?limit=1", "pi_x/../../v1/customers", "pi x", "", "evt_1", "pi_\u00e9"]
+)
+def test_a_payment_id_that_would_change_the_url_is_never_sent(fake, make_gateway, bad):
+    with pytest.raises(InvalidStripeId):
+        make_gateway().retrieve(bad)
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("bad", ["../x", "evt_x?limit=1", "evt_1/../2", "evt_\u00e9", "pi_1"])
+def test_an_event_id_that_would_change_the_url_is_never_sent(rsps, make_gateway, bad):
+    with pytest.raises(InvalidStripeId):
+        make_gateway().retrieve_event(bad)
+    assert len(rsps.calls) == 0
+
+
+def test_a_disputed_charges_disputes_are_listed_and_read(fake, make_gateway, rsps):
+    fake.add(make_pi("pi_d", latest_charge=make_charge(disputed=True)))
+    dispute = {
+        "id": "du_1",
+        "object": "dispute",
+        "status": "needs_response",
+        "amount": 1000,
+        "currency": "usd",
+        "reason": "fraudulent",
+        "payment_intent": "pi_d",
+        "evidence_details": {"due_by": T0 + 86400},
+    }
+    rsps.add(
+        responses.GET,
+        re.compile(re.escape(BASE) + r"/v1/disputes\?.*payment_intent=pi_d"),
+        json={"object": "list", "data": [dispute], "has_more": False, "url": "/v1/disputes"},
+    )
+    payment = make_gateway().retrieve("pi_d")
+
+    assert payment is not None and payment.disputes is not None
+    (read,) = payment.disputes
+    assert (read.id, read.status, read.reason) == (
+        "du_1",
+        DisputeStatus.NEEDS_RESPONSE,
+        "fraudulent",
+    )
+    assert read.evidence_due_by == datetime.fromtimestamp(T0 + 86400, UTC)

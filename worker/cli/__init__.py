@@ -6,7 +6,14 @@ from typing import Annotated
 
 import typer
 
-from worker.cli import jobs_cmds, ledger_cmds, report_cmds, tickets_cmds
+from worker.cli import (
+    console_cmds,
+    jobs_cmds,
+    ledger_cmds,
+    operators_cmds,
+    report_cmds,
+    tickets_cmds,
+)
 from worker.cli.context import app_state
 from worker.cli.output import console, fail, print_json
 from worker.logs import configure_logging
@@ -22,6 +29,8 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(ledger_cmds.app, name="ledger", no_args_is_help=True)
 app.add_typer(tickets_cmds.app, name="tickets")
+app.add_typer(operators_cmds.app, name="operators")
+app.command()(console_cmds.console)
 jobs_cmds.register(app)
 app.command()(report_cmds.report)
 

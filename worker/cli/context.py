@@ -11,8 +11,9 @@ from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from ledger.protocol import Ledger
-from worker.cli.output import fail
+from ledger.errors import LedgerError
+from ledger.protocol import Ledger, rehearsal
+from worker.cli.output import EXIT_ATTENTION, fail
 from worker.db import engine_for
 from worker.settings import Settings
 
@@ -43,18 +44,9 @@ class App:
                 fail(f"the database has no schema yet ({detail}); run `recon db upgrade` first", 1)
             fail(f"database unavailable: {detail}", 1)
 
-    @contextmanager
-    def rehearse(self) -> Iterator[Connection]:
-        """A transaction that is always rolled back: what --dry-run runs in."""
-        with self.begin() as conn:
-            nested = conn.begin_nested()
-            try:
-                yield conn
-            finally:
-                nested.rollback()
-
     @cached_property
     def ledger_for(self) -> Callable[[Connection], Ledger]:
+        """The configured ledger (RECON_LEDGER): SqlLedger, or BlnkLedger."""
         from worker.wiring import ConfigError, ledger_factory
 
         try:
@@ -63,9 +55,26 @@ class App:
             fail(str(exc))
 
     @contextmanager
-    def ledger(self) -> Iterator[Ledger]:
+    def rehearse(self) -> Iterator[Connection]:
+        """A transaction that is always rolled back, marked as a rehearsal so that a ledger
+        whose writes would not roll back (Blnk) sends none: what --dry-run runs in."""
         with self.begin() as conn:
-            yield self.ledger_for(conn)
+            nested = conn.begin_nested()
+            try:
+                with rehearsal(conn, True):
+                    yield conn
+            finally:
+                nested.rollback()
+
+    @contextmanager
+    def ledger(self) -> Iterator[Ledger]:
+        """A read of the configured ledger; its errors end the command in one line."""
+        with self.begin() as conn:
+            ledger = self.ledger_for(conn)
+            try:
+                yield ledger
+            except LedgerError as exc:
+                fail(f"{type(exc).__name__}: {exc}", EXIT_ATTENTION)
 
 
 app_state = App()

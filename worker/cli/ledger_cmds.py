@@ -13,7 +13,9 @@ from ledger.money import Money
 from worker.cli.context import app_state
 from worker.cli.output import EXIT_ATTENTION, console, fail, kv, print_json, table
 
-app = typer.Typer(help="Inspect and operate the ledger (balances, inflight transactions).")
+app = typer.Typer(
+    help="Inspect and operate the ledger (RECON_LEDGER: the built-in SQL ledger, or Blnk)."
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DryRunOpt = Annotated[
@@ -72,7 +74,10 @@ def inflight(
     amount: Annotated[str, typer.Argument(help="Amount in minor units (5000 = 50.00 USD).")],
     currency: Annotated[str, typer.Argument(help="ISO 4217 code, e.g. USD, EUR, JPY.")],
     source: Annotated[str, typer.Argument(help="Balance the money comes from, e.g. @stripe.")],
-    destination: Annotated[str, typer.Argument(help="Balance credited, e.g. wallet:cus_123.")],
+    destination: Annotated[
+        str,
+        typer.Argument(help="Balance credited, e.g. wallet:cus_123 (on Blnk: its bln_... id)."),
+    ],
     meta: Annotated[
         list[str] | None, typer.Option("--meta", help="KEY=VALUE metadata (repeatable).")
     ] = None,

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -34,7 +35,11 @@ def print_json(obj: Any) -> None:
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Text, not markup: a message quoting Blnk or Stripe ("... [transaction has already
+    # been voided]") is data, printed as it is, control characters removed.
+    err_console.print(
+        Text.assemble(("error:", "bold red"), " ", Text(message)), highlight=False, soft_wrap=True
+    )
     raise typer.Exit(code)
 
 
@@ -43,7 +48,8 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
     for col in columns:
         t.add_column(col, overflow="fold")
     for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
+        # Text, not str: a value holding "[bold]" is data and is printed as typed.
+        t.add_row(*(Text("" if v is None else str(v)) for v in row))
     console.print(t)
 
 
@@ -52,5 +58,5 @@ def kv(title: str, pairs: Sequence[tuple[str, Any]]) -> None:
     t.add_column(style="bold")
     t.add_column(overflow="fold")
     for k, v in pairs:
-        t.add_row(k, "" if v is None else str(v))
+        t.add_row(Text(k), Text("" if v is None else str(v)))
     console.print(t)
