@@ -177,6 +177,7 @@ async def _phase(
         "statuses": {str(k): v for k, v in sorted(run.statuses.items())},
         "seconds": round(elapsed, 3),
         "per_second": round(ok / elapsed, 1) if elapsed else 0.0,
+        "mean_ms": round(sum(lat) / len(lat) * 1000, 2) if lat else None,
         "p50_ms": pct(0.50),
         "p90_ms": pct(0.90),
         "p99_ms": pct(0.99),

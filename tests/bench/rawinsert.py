@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         "ok": len(lat),
         "seconds": round(elapsed, 3),
         "per_second": round(len(lat) / elapsed, 1) if elapsed else 0.0,
+        "mean_ms": round(sum(lat) / len(lat) * 1000, 2) if lat else None,
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
         "connections": a.connections,
