@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import stripe
 
-__all__ = ["SignatureChecker", "check_stripe_signature"]
-
-
-def check_stripe_signature(payload: str, header: str, secrets: list[str], tolerance: float) -> str:
-    """``"ok"``, ``"stale"`` (a secret matches but the timestamp is too old) or ``"bad"``."""
-    return SignatureChecker(secrets, tolerance).check(payload, header)
+__all__ = ["SignatureChecker"]
 
 
 class SignatureChecker:
@@ -28,6 +23,7 @@ class SignatureChecker:
         return bool(self._order)
 
     def check(self, payload: str, header: str) -> str:
+        """``"ok"``, ``"stale"`` (a secret matches but the timestamp is too old) or ``"bad"``."""
         order = self._order
         for n, secret in enumerate(order):
             try:
