@@ -23,7 +23,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final, Literal
 
-from sqlalchemy import Connection, and_, func, or_, select, text, update
+import orjson
+from sqlalchemy import (
+    Connection,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
@@ -70,6 +81,7 @@ _THIN_PREFIX: Final = "v1."
 MAX_ERROR_CHARS: Final = 2000
 _ID_MAX: Final = 255
 _TYPE_MAX: Final = 100
+_BIGINT_END: Final = 2**63
 
 
 class InvalidEvent(ValueError):
@@ -103,10 +115,15 @@ class InboxRow:
 
 
 def parse_event(body: bytes | str) -> dict[str, Any]:
-    """The event in a webhook body, or :class:`InvalidEvent` saying what is wrong."""
+    """The event in a webhook body, or :class:`InvalidEvent` saying what is wrong.
+
+    orjson is strict RFC 8259 (no NaN, no lone surrogates, no byte-order mark), so what it
+    accepts PostgreSQL's json type accepts too and the body can be stored as it came.  It
+    reads an integer past 64 bits as a float: never store the parsed object, store the
+    body (``store_events(..., raw=...)``)."""
     try:
-        event = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        event = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise InvalidEvent(f"body is not JSON: {exc.__class__.__name__}") from None
     if not isinstance(event, dict):
         raise InvalidEvent("body is not a JSON object")
@@ -125,6 +142,8 @@ def parse_event(body: bytes | str) -> dict[str, Any]:
     created = event.get("created")
     if not isinstance(created, int) or isinstance(created, bool):
         raise InvalidEvent("missing or non-integer 'created'")
+    if not 0 <= created < _BIGINT_END:
+        raise InvalidEvent("'created' out of range")
     data = event.get("data")
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         raise InvalidEvent("missing data.object")
@@ -219,31 +238,51 @@ def initial_status(event: Mapping[str, Any]) -> Status:
 # --------------------------------------------------------------------------- writes
 
 
-def _row_values(event: Mapping[str, Any], source: str, now: datetime) -> dict[str, Any]:
-    status = initial_status(event)
+def _fields(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns an event's own content decides."""
     return {
         "event_id": event["id"],
         "type": event["type"],
         "payment_id": event_payment_id(event),
         "livemode": bool(event.get("livemode", False)),
         "event_created": int(event["created"]),
-        "payload": dict(event),
+        "status": initial_status(event),
+    }
+
+
+def _row_values(
+    event: Mapping[str, Any], source: str, now: datetime, raw: bytes | None = None
+) -> dict[str, Any]:
+    fields = _fields(event)
+    return {
+        **fields,
+        # The body as received when there is one: the inbox keeps what Stripe sent.
+        "payload": dict(event) if raw is None else raw.decode("utf-8"),
         "source": source,
-        "status": status,
         "attempts": 0,
         "last_error": None,
         "received_at": now,
         "enqueued_at": None,
         # Ignored rows are final from the start; giving them a processed_at keeps every
         # final row answering "when did we finish with it" the same way.
-        "processed_at": now if status == "ignored" else None,
+        "processed_at": now if fields["status"] == "ignored" else None,
     }
 
 
-def _insert_ignoring_duplicates(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
+def _insert_ignoring_duplicates(
+    conn: Connection, rows: Sequence[Mapping[str, Any]], *, raw: bool = False
+) -> set[str]:
+    """``raw``: each row's payload is JSON text to store as it is (not an object to encode)."""
     name = conn.dialect.name
+    as_text: Any = bindparam("raw_payload", type_=Text())
+    if name == "postgresql":
+        as_text = cast(as_text, postgresql.JSON)
+    if raw:
+        rows = [{**r, "raw_payload": r["payload"]} for r in rows]
     if name in ("postgresql", "sqlite"):
         ins = postgresql.insert(inbox) if name == "postgresql" else sqlite.insert(inbox)
+        if raw:
+            ins = ins.values(payload=as_text)
         stmt = ins.on_conflict_do_nothing(index_elements=[inbox.c.event_id]).returning(
             inbox.c.event_id
         )
@@ -254,7 +293,7 @@ def _insert_ignoring_duplicates(conn: Connection, rows: Sequence[Mapping[str, An
     for row in rows:
         savepoint = conn.begin_nested()
         try:
-            conn.execute(inbox.insert(), dict(row))
+            conn.execute(inbox.insert().values(payload=as_text) if raw else inbox.insert(), row)
         except IntegrityError:
             savepoint.rollback()
         else:
@@ -263,65 +302,101 @@ def _insert_ignoring_duplicates(conn: Connection, rows: Sequence[Mapping[str, An
     return new
 
 
-def store_event(conn: Connection, event: Mapping[str, Any], *, source: str, now: datetime) -> bool:
-    """Store a (parsed, verified) event; True only when this call created the row."""
-    return bool(_insert_ignoring_duplicates(conn, [_row_values(event, source, now)]))
+def store_event(
+    conn: Connection,
+    event: Mapping[str, Any],
+    *,
+    source: str,
+    now: datetime,
+    raw: bytes | None = None,
+) -> bool:
+    """Store a (parsed, verified) event; True only when this call created the row.
+
+    ``raw`` as in :func:`store_events`.  A plain INSERT, so it also takes the payloads
+    that PostgreSQL's json functions refuse to unpack (a ``\\u0000`` escape) and that
+    the set-based :func:`store_events` therefore cannot."""
+    row = _row_values(event, source, now, raw)
+    return bool(_insert_ignoring_duplicates(conn, [row], raw=raw is not None))
 
 
 # PostgreSQL: one short statement whatever the batch size, the rows sent as ONE json
-# parameter that the server unpacks.  A multi-row VALUES list is a new, long SQL text per
-# batch size, which psycopg does not cache and re-parses each time; text[] parameters make
-# psycopg regex-escape every quote of every payload.  Both cost more CPU than the insert.
+# parameter that the server unpacks (each payload spliced in as received).  A multi-row
+# VALUES list is a new, long SQL text per batch size, which psycopg does not cache and
+# re-parses each time; text[] parameters make psycopg regex-escape every quote of every
+# payload.  Both cost more CPU than the insert.  Sent with exec_driver_sql (psycopg's own
+# placeholders): nothing for SQLAlchemy to compile or process per call.
 # Rows go in id order so two concurrent batches sharing ids cannot deadlock on the index.
-_PG_BATCH_INSERT: Final = text(
-    """
+_PG_BATCH_INSERT: Final = """
     INSERT INTO recon_inbox (event_id, type, payment_id, livemode, event_created, payload,
                              source, status, attempts, received_at, processed_at)
-    SELECT u.e, u.t, u.p, u.l, u.c, u.j, :source, u.s, 0, :now,
-           CASE WHEN u.s = 'ignored' THEN CAST(:now AS timestamptz) END
-    FROM json_to_recordset(CAST(:rows AS json))
-         AS u(e text, t text, p text, l boolean, c bigint, j json, s text)
-    ORDER BY u.e
+    SELECT u.event_id, u.type, u.payment_id, u.livemode, u.event_created, u.payload,
+           %(source)s, u.status, 0, %(now)s,
+           CASE WHEN u.status = 'ignored' THEN CAST(%(now)s AS timestamptz) END
+    FROM json_to_recordset(CAST(%(rows)s AS json))
+         AS u(event_id text, type text, payment_id text, livemode boolean,
+              event_created bigint, payload json, status text)
+    ORDER BY u.event_id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
-    """
-)
+"""
+
+
+def _distinct(
+    events: Sequence[Mapping[str, Any]], raw: Sequence[bytes] | None
+) -> list[tuple[Mapping[str, Any], bytes | None]]:
+    """Each id once (its first copy), with its body, in id order."""
+    if raw is not None and len(raw) != len(events):
+        raise ValueError("raw must hold one body per event")
+    seen: set[str] = set()
+    chosen: list[tuple[Mapping[str, Any], bytes | None]] = []
+    for n, event in enumerate(events):
+        if event["id"] not in seen:
+            seen.add(event["id"])
+            chosen.append((event, None if raw is None else raw[n]))
+    chosen.sort(key=lambda pair: str(pair[0]["id"]))
+    return chosen
+
+
+def _pg_batch_params(
+    events: Sequence[Mapping[str, Any]],
+    *,
+    source: str,
+    now: datetime,
+    raw: Sequence[bytes] | None = None,
+) -> dict[str, Any]:
+    """The parameters of ``_PG_BATCH_INSERT`` for ``events`` (at least one)."""
+    parts = []
+    for event, body in _distinct(events, raw):
+        if body is None:
+            body = json.dumps(event).encode("utf-8")
+        # A body is one whole JSON value already: spliced in as it is, never re-encoded.
+        parts.append(orjson.dumps(_fields(event))[:-1] + b',"payload":' + body + b"}")
+    if not parts:
+        raise ValueError("no events to store")
+    return {"source": source, "now": now, "rows": (b"[" + b",".join(parts) + b"]").decode()}
 
 
 def store_events(
-    conn: Connection, events: Sequence[Mapping[str, Any]], *, source: str, now: datetime
+    conn: Connection,
+    events: Sequence[Mapping[str, Any]],
+    *,
+    source: str,
+    now: datetime,
+    raw: Sequence[bytes] | None = None,
 ) -> set[str]:
     """Store several events in one statement; the ids of the rows this call created.
 
-    An id repeated within ``events`` is stored once (the first copy) and counted once."""
+    ``raw``, when given, holds each event's body exactly as it was received and parsed
+    (valid JSON, UTF-8): that is what is stored, so nothing is encoded again and the
+    payload keeps every digit Stripe sent.  An id repeated within ``events`` is stored
+    once (the first copy) and counted once."""
     if not events:
         return set()
-    seen: set[str] = set()
-    rows: list[dict[str, Any]] = []
-    for event in events:
-        if event["id"] in seen:
-            continue
-        seen.add(event["id"])
-        rows.append(_row_values(event, source, now))
-    rows.sort(key=lambda r: str(r["event_id"]))
-    if conn.dialect.name != "postgresql":
-        return _insert_ignoring_duplicates(conn, rows)
-    packed = json.dumps(
-        [
-            {
-                "e": r["event_id"],
-                "t": r["type"],
-                "p": r["payment_id"],
-                "l": r["livemode"],
-                "c": r["event_created"],
-                "j": r["payload"],
-                "s": r["status"],
-            }
-            for r in rows
-        ]
-    )
-    params = {"source": source, "now": now, "rows": packed}
-    return {r[0] for r in conn.execute(_PG_BATCH_INSERT, params)}
+    if conn.dialect.name == "postgresql":
+        params = _pg_batch_params(events, source=source, now=now, raw=raw)
+        return {r[0] for r in conn.exec_driver_sql(_PG_BATCH_INSERT, params)}
+    rows = [_row_values(event, source, now, body) for event, body in _distinct(events, raw)]
+    return _insert_ignoring_duplicates(conn, rows, raw=raw is not None)
 
 
 def stored_error(error: str) -> str:

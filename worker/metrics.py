@@ -16,8 +16,10 @@ which must not import this module, can be handed them as callbacks.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -66,6 +68,7 @@ WEBHOOK_OUTCOMES = frozenset(
         "invalid",
         "too_large",
         "db_unavailable",
+        "disconnected",
         "error",
     }
 )
@@ -117,8 +120,14 @@ ENQUEUE_FAILURES = Counter(
 )
 
 
+@functools.lru_cache(maxsize=1024)
+def _webhook_counter(event_type: str, outcome: str) -> Any:
+    # labels() takes a lock and builds a key on every call; the intake counts every webhook.
+    return WEBHOOKS.labels(type=event_type, outcome=outcome)
+
+
 def count_webhook(event_type: str, outcome: str) -> None:
-    WEBHOOKS.labels(type=event_type or "unknown", outcome=outcome).inc()
+    _webhook_counter(event_type or "unknown", outcome).inc()
 
 
 def count_action(action: str) -> None:

@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     )
     # Webhooks grouped into one commit by the intake (1 = one commit per webhook).
     intake_batch: int = Field(100, validation_alias=_env("RECON_INTAKE_BATCH"), ge=0, le=1000)
+    # Writer threads (each with its own connection) committing those groups concurrently.
+    intake_writers: int = Field(2, validation_alias=_env("RECON_INTAKE_WRITERS"), ge=1, le=32)
     sweep_batch: int = Field(100, validation_alias=_env("RECON_SWEEP_BATCH"), gt=0, le=1000)
 
     dashboard_base: str = Field(

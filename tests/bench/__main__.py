@@ -54,26 +54,15 @@ def _reconcile(quick: bool) -> tuple[dict[str, Any], str]:
 
 
 def _intake(quick: bool) -> tuple[dict[str, Any], str]:
-    try:
-        from tests.bench import intake
-    except Exception as exc:  # noqa: BLE001 - another engineer's work, maybe unfinished
-        return {"unavailable": f"{type(exc).__name__}: {exc}"}, f"intake: unavailable ({exc})"
-    run = getattr(intake, "run", None)
-    if run is None:
-        return {"unavailable": "tests.bench.intake has no run()"}, "intake: unavailable (no run)"
+    from tests.bench import intake, intake_phases
+
     if quick:
-        res = run(seconds=1.0, concurrency=8, workers=(1,), batches=(0,), warmup=0.5)
+        res = intake.run(seconds=1.0, concurrency=8, workers=(1,), batches=(100,), warmup=0.3)
+        res["phases"] = intake_phases.run(n=2000)
     else:
-        res = run(seconds=2.0, warmup=0.5)
-    lines = [f"intake: signed webhooks/s into PostgreSQL (concurrency {res.get('concurrency')})"]
-    for key, val in res.items():
-        if isinstance(val, dict) and "per_second" in val:
-            ratio = val.get("ratio_to_ceiling")
-            lines.append(
-                f"    {key:36} {val['per_second']:>9.1f}/s"
-                + (f"  x ceiling {ratio}" if ratio is not None else "  (ceiling)")
-            )
-    return res, "\n".join(lines)
+        res = intake.run(seconds=4.0, warmup=1.0)
+        res["phases"] = intake_phases.run(n=20_000)
+    return res, intake.table(res) + "\n" + intake_phases.table(res["phases"])
 
 
 def _customer(quick: bool) -> tuple[dict[str, Any], str]:
@@ -129,9 +118,29 @@ def summary(results: dict[str, Any]) -> str:
     ink = results.get("intake") or {}
     if "unavailable" in ink:
         rows.append(("intake", "status", "unavailable"))
+    raw = ink.get("raw_psycopg_one_txn_per_row")
+    if raw:
+        rows.append(
+            (
+                "intake",
+                "raw insert ceiling, best /s (p50/p99 ms)",
+                f"{raw['per_second']:.0f} ({raw['p50_ms']}/{raw['p99_ms']})",
+            )
+        )
+    if ink.get("target"):
+        met = ink["target"]["met_by"]
+        rows.append(("intake", "target x0.8, p99 < 50 ms met by", ", ".join(met) or "none"))
     for key, val in ink.items():
-        if isinstance(val, dict) and "per_second" in val:
-            rows.append(("intake", f"{key} /s", f"{val['per_second']:.0f}"))
+        if key.startswith("intake_") and isinstance(val, dict) and "per_second" in val:
+            rows.append(
+                (
+                    "intake",
+                    f"{key} /s (x ceiling around it, x best; p50/p99 ms)",
+                    f"{val['per_second']:.0f} (x{val.get('ratio_to_ceiling')}, "
+                    f"x{val.get('ratio_to_best_ceiling')}; "
+                    f"{val.get('p50_ms')}/{val.get('p99_ms')})",
+                )
+            )
     cus = results.get("customer") or {}
     if "by_email" in cus:
         rows.append(

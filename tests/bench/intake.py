@@ -2,22 +2,23 @@
 intake, beside the raw insert rate of the same rows by plain psycopg (one transaction per
 row, same concurrency): the one-commit-per-row ceiling that DESIGN.md "Targets" names.
 
-    python -m tests.bench.intake [--seconds 5] [--concurrency 16] [--workers 1,2]
+    python -m tests.bench.intake [--seconds 4] [--concurrency 16] [--workers 1,2]
 
 Everything stays on localhost: a throwaway schema in the test database (dropped after),
-uvicorn in a subprocess (so the load generator does not share its GIL), and a small
-keep-alive HTTP/1.1 client on asyncio (httpx would spend more CPU than the server on 2
-cores).  Every phase is bounded in time and in request count.  Enqueueing is a no-op here:
-this measures verify + store + commit + answer.
+the intake in a subprocess exactly as ``recon serve`` runs it, and the load generator in
+another (tests/bench/loadgen.py: requests built and signed before the clock starts, raw
+keep-alive connections on uvloop) that reports the CPU it used itself.  The ceiling runs
+in processes of its own too, its rows built beforehand, one autocommit INSERT per row:
+measured before and after the intake phases, and every ratio is against the higher.
+p50/p99 are per request (intake) and per INSERT (ceiling).  Every phase is bounded in time
+and in request count.  Enqueueing is a no-op here: this measures verify + store + commit +
+answer.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import os
 import socket
@@ -36,7 +37,6 @@ from tests.support import throwaway_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec_bench_0123456789abcdef"
-MAX_REQUESTS_PER_PHASE = 200_000
 
 
 # --------------------------------------------------------------------------- servers
@@ -160,13 +160,14 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _cpu_by_pid(pids: list[int]) -> dict[int, float]:
+def _cpu_by_pid(pids: list[int], *, system_only: bool = False) -> dict[int, float]:
     out: dict[int, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
     for pid in pids:
         with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
-            out[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
+            stime = int(fields[12])
+            out[pid] = (stime if system_only else int(fields[11]) + stime) / tick
     return out
 
 
@@ -176,196 +177,166 @@ def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(after[p] - before[p] for p in before.keys() & after.keys())
 
 
-def _postgres_pids() -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError), open(f"/proc/{entry}/comm") as fh:
-                if fh.read().strip() == "postgres":
-                    pids.append(int(entry))
-    return pids
+def with_app_name(db_url: str, name: str) -> str:
+    """``db_url`` whose connections carry ``application_name``, so the meter can find them."""
+    return f"{db_url}{'&' if '?' in db_url else '?'}application_name={name}"
+
+
+def _postgres_pids(db_url: str, app_name: str) -> list[int]:
+    """The backends of one client (by application_name) and PostgreSQL's own writers (WAL
+    writer, checkpointer, background writer), which work for every commit.  Other helpers'
+    backends on this shared server are left out."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    conninfo = make_url(db_url).set(drivername="postgresql", query={})
+    with psycopg.connect(conninfo.render_as_string(hide_password=False)) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+            " OR backend_type IN ('walwriter', 'checkpointer', 'background writer')",
+            (app_name,),
+        ).fetchall()
+    return [int(r[0]) for r in rows]
 
 
 class CpuMeter:
-    """CPU seconds spent by the server's processes, PostgreSQL's (all of it, on a shared
-    host: an upper bound) and this process (the load generator), over a phase."""
+    """CPU seconds spent over a phase by the server's processes, by PostgreSQL's (the
+    client's own backends and the shared writers) and by the load generator (``extra``)."""
 
-    def __init__(self, server_pid: int | None) -> None:
+    def __init__(
+        self,
+        server_pid: int | None,
+        *,
+        db_url: str,
+        app_name: str,
+        extra: list[int] | None = None,
+    ) -> None:
         self.server_pid = server_pid
+        self.extra = extra or []
+        self.db_url, self.app_name = db_url, app_name
 
     def __enter__(self) -> CpuMeter:
         self.server_pids = _descendants(self.server_pid) if self.server_pid else []
         self._server0 = _cpu_by_pid(self.server_pids)
-        self._pg0 = _cpu_by_pid(_postgres_pids())
-        self._client0 = time.process_time()
+        self._server_sys0 = _cpu_by_pid(self.server_pids, system_only=True)
+        self._pg0 = _cpu_by_pid(_postgres_pids(self.db_url, self.app_name))
+        self._extra0 = _cpu_by_pid(self.extra)
         return self
 
     def __exit__(self, *_: object) -> None:
         self.server = _cpu_delta(self._server0, _cpu_by_pid(self.server_pids))
+        self.server_sys = _cpu_delta(
+            self._server_sys0, _cpu_by_pid(self.server_pids, system_only=True)
+        )
         self.postgres = _cpu_delta(self._pg0, _cpu_by_pid(list(self._pg0)))
-        self.client = time.process_time() - self._client0
+        self.loadgen = _cpu_delta(self._extra0, _cpu_by_pid(self.extra))
 
     def per_request(self, n: int) -> dict[str, float]:
         n = max(n, 1)
         return {
             "server_cpu_us": round(self.server / n * 1e6),
+            "server_kernel_cpu_us": round(self.server_sys / n * 1e6),
             "postgres_cpu_us": round(self.postgres / n * 1e6),
-            "loadgen_cpu_us": round(self.client / n * 1e6),
+            "loadgen_cpu_us": round(self.loadgen / n * 1e6),
         }
+
+
+# --------------------------------------------------------------------------- ceiling
+
+
+def raw_insert_rate(db_url: str, seconds: float, concurrency: int) -> dict[str, Any]:
+    """The ceiling: the same rows, plain psycopg, one transaction per row, ``concurrency``
+    connections, in a process of its own (tests/bench/rawinsert.py)."""
+    app_name = "recon-bench-raw-" + uuid.uuid4().hex[:8]
+    cmd = [sys.executable, "-m", "tests.bench.rawinsert", "--url", with_app_name(db_url, app_name)]
+    cmd += ["--connections", str(concurrency), "--seconds", str(seconds)]
+    cmd += ["--run", "raw" + uuid.uuid4().hex[:8]]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    watchdog = threading.Timer(seconds + 180, proc.kill)
+    watchdog.start()
+    try:
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"raw insert client did not start: {line!r}")
+        with CpuMeter(None, db_url=db_url, app_name=app_name, extra=[proc.pid]) as cpu:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            result: dict[str, Any] = json.loads(proc.stdout.readline())
+        # Its connections (and so their backends' CPU figures) lived until now.
+        proc.stdin.write("release\n")
+        proc.stdin.flush()
+    finally:
+        watchdog.cancel()
+        proc.wait(timeout=30)
+    if result.get("errors"):
+        raise RuntimeError(f"raw inserts failed: {result['errors'][0]}")
+    n = max(result["ok"], 1)
+    result["postgres_cpu_us"] = round(cpu.postgres / n * 1e6)
+    result["client_cpu_us"] = round(cpu.loadgen / n * 1e6)
+    return result
+
+
+def _pct(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return round(sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * q))] * 1000, 2)
 
 
 # --------------------------------------------------------------------------- load
 
 
-_TEMPLATE = json.dumps(
-    {
-        "id": "evt_%s",
-        "object": "event",
-        "api_version": "2024-06-20",
-        "created": 0,
-        "livemode": False,
-        "pending_webhooks": 1,
-        "request": {"id": None, "idempotency_key": None},
-        "type": "payment_intent.succeeded",
-        "data": {
-            "object": {
-                "id": "pi_%s",
-                "object": "payment_intent",
-                "amount": 2000,
-                "amount_received": 2000,
-                "currency": "usd",
-                "status": "succeeded",
-                "created": 1700000000,
-                "metadata": {"order": "bench"},
-            }
-        },
-    },
-    indent=2,
-)
-
-
-def make_event_body(n: int, run: str) -> bytes:
-    key = f"{run}{n:010d}"
-    return (
-        (_TEMPLATE % (key, key)).replace('"created": 0', f'"created": {int(time.time())}').encode()
-    )
-
-
-def _request(host: str, body: bytes) -> bytes:
-    # Signed exactly as Stripe signs (the intake verifies with the official library).
-    t = int(time.time())
-    sig = hmac.new(SECRET.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    head = (
-        f"POST /webhooks/stripe HTTP/1.1\r\nHost: {host}\r\n"
-        f"Content-Type: application/json; charset=utf-8\r\n"
-        f"Stripe-Signature: t={t},v1={sig}\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-async def _load(host: str, seconds: float, concurrency: int, run: str) -> dict[str, Any]:
-    counter = iter(range(MAX_REQUESTS_PER_PHASE))
-    ok = errors = 0
-    latencies: list[float] = []
+def run_load(
+    host: str,
+    *,
+    seconds: float,
+    concurrency: int,
+    warmup: float,
+    server_pid: int | None,
+    db_url: str,
+    app_name: str,
+) -> dict[str, Any]:
+    """Drive the intake at ``host`` from a loadgen process (tests/bench/loadgen.py) and meter
+    the CPU of the server, PostgreSQL and the generator over the timed window only."""
     h, p = host.split(":")
-    deadline = time.monotonic() + seconds
-
-    async def one_connection() -> None:
-        nonlocal ok, errors
-        reader, writer = await asyncio.open_connection(h, int(p))
-        try:
-            while time.monotonic() < deadline:
-                n = next(counter, None)
-                if n is None:
-                    return
-                started = time.perf_counter()
-                writer.write(_request(host, make_event_body(n, run)))
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head.split(b" ", 2)[1])
-                length = 0
-                for line in head.split(b"\r\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":", 1)[1])
-                await reader.readexactly(length)
-                latencies.append(time.perf_counter() - started)
-                if status == 200:
-                    ok += 1
-                else:
-                    errors += 1
-        finally:
-            writer.close()
-
-    started = time.monotonic()
-    await asyncio.gather(*(one_connection() for _ in range(concurrency)))
-    elapsed = time.monotonic() - started
-    latencies.sort()
-    return {
-        "ok": ok,
-        "errors": errors,
-        "seconds": round(elapsed, 2),
-        "per_second": round(ok / elapsed, 1),
-        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2) if latencies else None,
-        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2) if latencies else None,
-    }
-
-
-def raw_insert_rate(db_url: str, seconds: float, concurrency: int) -> dict[str, Any]:
-    """The ceiling: the same rows, plain psycopg, one INSERT + COMMIT per row."""
-    import psycopg
-    from sqlalchemy.engine import make_url
-
-    u = make_url(db_url)
-    conninfo = u.set(drivername="postgresql").render_as_string(hide_password=False)
-    run = uuid.uuid4().hex[:8]
-    counter = iter(range(MAX_REQUESTS_PER_PHASE))
-    lock = threading.Lock()
-    done = [0]
-    deadline = time.monotonic() + seconds
-    sql = (
-        "INSERT INTO recon_inbox (event_id, type, payment_id, livemode, event_created, payload,"
-        " source, status, attempts, received_at) VALUES (%s, %s, %s, false, %s, %s, 'webhook',"
-        " 'pending', 0, now()) ON CONFLICT (event_id) DO NOTHING"
+    cmd = [sys.executable, "-m", "tests.bench.loadgen", "--host", h, "--port", p]
+    cmd += ["--concurrency", str(concurrency), "--seconds", str(seconds)]
+    cmd += ["--warmup", str(warmup), "--secret", SECRET, "--run", uuid.uuid4().hex[:10]]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
+    assert proc.stdin is not None and proc.stdout is not None
+    # Whatever happens, the generator is gone well after its phases should have ended.
+    watchdog = threading.Timer(warmup + seconds + 120, proc.kill)
+    watchdog.start()
+    try:
+        line = proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"load generator did not start: {line!r}")
+        with CpuMeter(server_pid, db_url=db_url, app_name=app_name, extra=[proc.pid]) as cpu:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            result: dict[str, Any] = json.loads(proc.stdout.readline())
+    finally:
+        watchdog.cancel()
+        proc.wait(timeout=30)
+    result.update(cpu.per_request(result["ok"] + result["errors"]))
+    return result
 
-    def worker() -> None:
-        with psycopg.connect(conninfo) as conn:
-            while time.monotonic() < deadline:
-                with lock:
-                    n = next(counter, None)
-                if n is None:
-                    return
-                body = make_event_body(n, "raw" + run)
-                event = json.loads(body)
-                with conn.cursor() as cur:
-                    cur.execute(
-                        sql,
-                        (
-                            event["id"],
-                            event["type"],
-                            event["data"]["object"]["id"],
-                            event["created"],
-                            body.decode(),
-                        ),
-                    )
-                conn.commit()
-                with lock:
-                    done[0] += 1
 
-    started = time.monotonic()
-    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - started
-    return {"ok": done[0], "seconds": round(elapsed, 2), "per_second": round(done[0] / elapsed, 1)}
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 # --------------------------------------------------------------------------- driver
 
 
 def run(
-    seconds: float = 5.0,
+    seconds: float = 4.0,
     concurrency: int = 16,
     workers: tuple[int, ...] = (1, 2),
     batches: tuple[int, ...] = (0, 100),
@@ -375,54 +346,113 @@ def run(
         "concurrency": concurrency,
         "seconds": seconds,
         "cpus": os.cpu_count(),
+        "loadavg_before": loadavg(),
     }
+    # The machine is shared and its load moves within a run: the ceiling is measured
+    # before the first intake phase and after every one, and each phase is compared with
+    # the mean of the two ceilings around it (the same conditions), and with the run's
+    # best ceiling (the harder figure).
+    ceilings: list[dict[str, Any]] = []
     with throwaway_schema("bench_", tables=True) as url:
-        with CpuMeter(None) as cpu:
-            raw = raw_insert_rate(url, seconds, concurrency)
-        raw.update(cpu.per_request(raw["ok"]))
-        results["raw_psycopg_one_txn_per_row"] = raw
-        ceiling = results["raw_psycopg_one_txn_per_row"]["per_second"]
+        ceilings.append(raw_insert_rate(url, seconds, concurrency))
         for n_workers in workers:
             for batch in batches:
                 label = f"intake_{n_workers}w_{'batched' if batch > 1 else 'direct'}"
-                with serve_subprocess(url, workers=n_workers, batch=batch) as (host, pid):
-                    run_id = uuid.uuid4().hex[:8]
-                    asyncio.run(_load(host, warmup, concurrency, "w" + run_id))
-                    with CpuMeter(pid) as cpu:
-                        res = asyncio.run(_load(host, seconds, concurrency, run_id))
-                res.update(cpu.per_request(res["ok"]))
-                res["ratio_to_ceiling"] = round(res["per_second"] / ceiling, 2) if ceiling else None
+                app_name = "recon-bench-intake-" + uuid.uuid4().hex[:8]
+                server_url = with_app_name(url, app_name)
+                with serve_subprocess(server_url, workers=n_workers, batch=batch) as (host, pid):
+                    res = run_load(
+                        host,
+                        seconds=seconds,
+                        concurrency=concurrency,
+                        warmup=warmup,
+                        server_pid=pid,
+                        db_url=url,
+                        app_name=app_name,
+                    )
+                res["loadavg"] = loadavg()
+                ceilings.append(raw_insert_rate(url, seconds, concurrency))
+                around = ceilings[-2:]
+                res["ceiling"] = {
+                    "per_second": round(sum(c["per_second"] for c in around) / 2, 1),
+                    "mean_ms": around[0].get("mean_ms"),
+                    "p50_ms": around[0]["p50_ms"],
+                    "p99_ms": around[0]["p99_ms"],
+                }
                 results[label] = res
+    best = max(ceilings, key=lambda r: float(r["per_second"]))
+    results["raw_psycopg_one_txn_per_row"] = {
+        **best,
+        "all_per_second": [c["per_second"] for c in ceilings],
+    }
+    met = []
+    for key, res in results.items():
+        if key.startswith("intake_"):
+            res["ratio_to_ceiling"] = round(res["per_second"] / res["ceiling"]["per_second"], 2)
+            res["ratio_to_best_ceiling"] = round(res["per_second"] / best["per_second"], 2)
+            if res["ratio_to_ceiling"] >= TARGET_RATIO and (res["p99_ms"] or 1e9) < TARGET_P99_MS:
+                met.append(key)
+    results["target"] = {"ratio": TARGET_RATIO, "p99_ms": TARGET_P99_MS, "met_by": met}
+    results["loadavg_after"] = loadavg()
     return results
+
+
+TARGET_RATIO = 0.8  # of the raw insert ceiling, at the same concurrency (issue 13)
+TARGET_P99_MS = 50.0
+
+
+def table(results: dict[str, Any]) -> str:
+    raw = results["raw_psycopg_one_txn_per_row"]
+    lines = [
+        f"intake: signed webhooks/s into PostgreSQL, concurrency {results['concurrency']}, "
+        f"{results['seconds']}s per phase, {results['cpus']} CPUs, load average "
+        f"{results['loadavg_before']} -> {results['loadavg_after']}",
+        f"    ceiling (raw psycopg, 1 txn/row) before and after each phase: "
+        f"{', '.join(f'{c:.0f}' for c in raw['all_per_second'])} /s; best {raw['per_second']:.0f}/s"
+        f" (p50 {raw['p50_ms']} ms, p99 {raw['p99_ms']} ms; CPU/row: client "
+        f"{raw['client_cpu_us']} us, postgres {raw['postgres_cpu_us']} us)",
+    ]
+    for key, res in results.items():
+        if key.startswith("intake_"):
+            c = res["ceiling"]
+            lines.append(
+                f"    {key:18} {res['per_second']:>7.0f}/s mean {res.get('mean_ms')} ms p50 "
+                f"{res['p50_ms']} ms p99 {res['p99_ms']} ms  | ceiling around it "
+                f"{c['per_second']:.0f}/s mean {c.get('mean_ms')} ms p50 {c['p50_ms']} ms p99 "
+                f"{c['p99_ms']} ms  | x{res['ratio_to_ceiling']} "
+                f"(x{res['ratio_to_best_ceiling']} of the best)  errors {res['errors']}"
+            )
+            lines.append(
+                f"    {'':18} CPU/webhook: server {res['server_cpu_us']} us "
+                f"({res['server_kernel_cpu_us']} in the kernel), postgres "
+                f"{res['postgres_cpu_us']} us, load generator {res['loadgen_cpu_us']} us "
+                f"({res['loadgen_cores']} of a core); load average {res['loadavg'][0]}"
+            )
+    target = results.get("target")
+    if target:
+        lines.append(
+            f"    target: >= x{target['ratio']} of the ceiling with p99 < {target['p99_ms']:g} ms: "
+            + (f"met by {', '.join(target['met_by'])}" if target["met_by"] else "NOT met")
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", default="1,2", help="uvicorn worker counts, e.g. 1,2")
     parser.add_argument("--batches", default="0,100", help="RECON_INTAKE_BATCH values, 0 = off")
+    parser.add_argument("--warmup", type=float, default=1.0)
     args = parser.parse_args(argv)
     results = run(
         seconds=args.seconds,
         concurrency=args.concurrency,
         workers=tuple(int(w) for w in args.workers.split(",")),
         batches=tuple(int(b) for b in args.batches.split(",")),
+        warmup=args.warmup,
     )
-    ceiling = results["raw_psycopg_one_txn_per_row"]["per_second"]
-    print(
-        f"concurrency {results['concurrency']}, {results['seconds']}s per phase, "
-        f"{results['cpus']} CPUs"
-    )
-    print(f"{'raw psycopg, 1 txn/row (ceiling)':40s} {ceiling:>9.1f}/s")
-    for key, res in results.items():
-        if key.startswith("intake_"):
-            print(
-                f"{key:40s} {res['per_second']:>9.1f}/s  x{res['ratio_to_ceiling']:<5} "
-                f"p50 {res['p50_ms']} ms  p99 {res['p99_ms']} ms  errors {res['errors']}  "
-                f"CPU/webhook: server {res['server_cpu_us']} us, "
-                f"postgres {res['postgres_cpu_us']} us, loadgen {res['loadgen_cpu_us']} us"
-            )
+    print(table(results))
     print(json.dumps(results, indent=2))
 
 

@@ -179,3 +179,21 @@ def test_a_failure_text_is_stored_masked_and_truncated() -> None:
     stored = captured["last_error"]
     assert "sk_test_abcdef123" not in stored and "hunter2" not in stored
     assert len(stored) <= 2000
+
+
+@pytest.mark.parametrize(
+    ("created", "why"),
+    [
+        (-1, "out of range"),
+        (2**63, "out of range"),
+        (10**30, "non-integer"),  # read as a float past 64 bits: never an integer here
+        (1.5, "non-integer"),
+    ],
+)
+def test_a_created_time_the_inbox_column_cannot_hold_is_rejected_before_the_database(
+    created: Any, why: str
+) -> None:
+    evt = event("payment_intent.succeeded", obj("payment_intent", id=PI))
+    body = json.dumps({**evt, "created": created}).encode()
+    with pytest.raises(InvalidEvent, match=why):
+        parse_event(body)

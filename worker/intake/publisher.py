@@ -49,6 +49,12 @@ class Publisher:
         self._down_until = 0.0
 
     def put(self, event_id: str) -> None:
+        self.put_many([event_id])
+
+    def put_many(self, event_ids: list[str]) -> None:
+        """Hand over the ids of committed rows (one queue entry and one wake-up for all)."""
+        if not event_ids:
+            return
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
@@ -56,7 +62,7 @@ class Publisher:
                         target=self._run, name="intake-publisher", daemon=True
                     )
                     self._thread.start()
-        self._q.put(event_id)
+        self._q.put(event_ids)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every id put so far has been sent (or counted as failed)."""
@@ -77,8 +83,8 @@ class Publisher:
         while True:
             ids: list[str] = []
             marker: Any = self._q.get()
-            while isinstance(marker, str):
-                ids.append(marker)
+            while isinstance(marker, list):
+                ids.extend(marker)
                 if len(ids) >= self.max_batch:
                     marker = None
                     break
