@@ -158,7 +158,8 @@ def test_the_end_state_under_faults_equals_the_oracle_and_the_run_without_faults
         f"({rows['race']} refund races); {r.sent} webhook deliveries "
         f"({len(r.acked)} events acknowledged, {len(r.never_delivered)} never delivered, "
         f"{r.retries} sender retries); Stripe {r.stripe_calls} calls, {r.stripe_429} x 429, "
-        f"{r.stripe_5xx} x 5xx, then {r.outage_calls} calls into an outage; faults {dict(r.faults)}; runs {dict(faulty.runs)}; "
+        f"{r.stripe_5xx} x 5xx, then {r.outage_calls} calls into an outage; "
+        f"faults {dict(r.faults)}; runs {dict(faulty.runs)}; "
         f"clean run {clean.campaign.report.seconds:.0f}s, faulty run {r.seconds:.0f}s"
     )
     assert faulty.problems == [], "\n".join(faulty.problems)
