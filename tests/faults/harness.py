@@ -382,7 +382,10 @@ class Campaign:
                 continue
             if all(r["status"] == "succeeded" for r in ended) and not self.running_runs():
                 return history
-        raise AssertionError(f"no clean round after {rounds}: {[r['status'] for r in history]}")
+        raise AssertionError(
+            f"no clean round after {rounds}: runs {[r['status'] for r in history]}, "
+            f"still running {self.running_runs()}, inbox settled: {self.inbox_settled()}"
+        )
 
     def run_statuses(self) -> Counter[str]:
         with self.engine.connect() as conn:

@@ -93,8 +93,12 @@ def faulty_run(workload: Workload, workdir: Path) -> Outcome:
             stripe.configure(**STORM, latency_ms=60)
             # A sweep with work in hand when its worker is killed; the next one must not be
             # held back by the dead one's lock, and must record it.
-            campaign.kill_a_sweep_mid_batch()
+            killed = campaign.kill_a_sweep_mid_batch()
             stripe.configure(latency_ms=0)
+            # The next sweep goes ahead at once (the dead run's job lock would hold it back
+            # for its 90 s TTL) and records the dead run as partial.
+            after = campaign.run_job("sweep", timeout=45)
+            assert after["params"].get("recovered_runs") == [killed], after
             campaign.deliver_all(chaos=True)
             # Beat's jobs while the storm goes on (runs may end partial).
             for job in ("sweep", "catch_up", "scan_missing"):
