@@ -50,7 +50,18 @@ def process_gone(holder: str | None) -> bool:
         return True
     except PermissionError:  # it exists, under another user
         return False
-    return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Dead but not yet reaped (its parent died too, and PID 1 has not collected it)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except OSError:  # no /proc (not Linux): kill(0) succeeded, take it as alive
+        return False
+    # "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the last ")".
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def holder_is_dead(svc: Services, holder: str) -> bool:

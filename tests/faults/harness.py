@@ -197,8 +197,9 @@ class Campaign:
                 q = q.where(runs.c.job == job)
             return int(conn.execute(q).scalar() or 0)
 
-    def run_job(self, job: str, *, timeout: float = 180) -> dict[str, Any]:
-        """Send a periodic job and wait for the run it records to end."""
+    def run_job(self, job: str, *, timeout: float = 180, attempt: float = 30) -> dict[str, Any]:
+        """Send a periodic job and wait for the run it records to end; send it again after
+        ``attempt`` seconds without one (skipped behind a lock, lost with the broker)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             after = self.last_run_id(job)
@@ -206,7 +207,7 @@ class Campaign:
             try:
                 return procs.wait_until(
                     lambda: self._ended_after(job, after),
-                    timeout=max(1.0, min(90.0, deadline - time.monotonic())),
+                    timeout=max(1.0, min(attempt, deadline - time.monotonic())),
                     every=0.2,
                     what=f"a {job} run",
                 )

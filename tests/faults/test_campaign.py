@@ -97,7 +97,7 @@ def faulty_run(workload: Workload, workdir: Path) -> Outcome:
             stripe.configure(latency_ms=0)
             # The next sweep goes ahead at once (the dead run's job lock would hold it back
             # for its 90 s TTL) and records the dead run as partial.
-            after = campaign.run_job("sweep", timeout=45)
+            after = campaign.run_job("sweep", timeout=45, attempt=45)
             assert after["params"].get("recovered_runs") == [killed], after
             campaign.deliver_all(chaos=True)
             # Beat's jobs while the storm goes on (runs may end partial).

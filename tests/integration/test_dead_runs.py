@@ -256,3 +256,22 @@ def test_a_dead_holder_of_the_job_lock_does_not_make_the_next_sweep_skip(
     assert skipped == {"status": "skipped"}
     assert not locks.release("recon.sweep", dead_token)
     assert new_token().startswith(f"{socket.gethostname()}:{os.getpid()}:")
+
+
+def test_a_process_that_died_unreaped_counts_as_gone_and_a_live_one_does_not() -> None:
+    from reconcile.usecases.lifecycle import process_gone
+
+    host = socket.gethostname()
+    # A zombie: what a SIGKILLed worker child stays when its parent died with it and PID 1
+    # does not reap (as in this test environment; tini does in the image).
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os._exit(0)
+    try:
+        wait_for(lambda: process_gone(f"{host}:{pid}"), timeout=5, what="the zombie seen")
+    finally:
+        os.waitpid(pid, 0)
+    assert process_gone(f"{host}:{pid}:token")
+    assert not process_gone(f"{host}:{os.getppid()}")
+    assert not process_gone(f"{host}:{os.getpid()}")
+    assert not process_gone(f"another-host:{pid}")

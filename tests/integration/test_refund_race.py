@@ -124,6 +124,9 @@ def _pair(svc: Any, succeeded_id: str, other_id: str, *, forced: bool) -> list[B
     def run(event_id: str) -> None:
         try:
             start.wait(timeout=10)
+            if forced and event_id == other_id:
+                # Only once the payload worker has chosen the payload (entry INFLIGHT).
+                assert _HOLD.chosen.wait(10), "the payload worker never chose the payload"
             process_event(svc, event_id)
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
@@ -132,6 +135,7 @@ def _pair(svc: Any, succeeded_id: str, other_id: str, *, forced: bool) -> list[B
     payload_worker = threading.Thread(target=run, args=(succeeded_id,))
     if forced:
         _HOLD.refund_worker = refund_worker
+        _HOLD.chosen = threading.Event()
     payload_worker.start()
     refund_worker.start()
     payload_worker.join(30)
@@ -144,6 +148,7 @@ class _Hold:
     """Holds the payload worker between choosing the payload and locking the entry."""
 
     refund_worker: threading.Thread | None = None
+    chosen = threading.Event()
     held = 0
 
 
@@ -163,6 +168,7 @@ def hold_payload_worker(monkeypatch: pytest.MonkeyPatch) -> _Hold:
             and payment is not None
             and payment.amount_refunded is None  # the payload, not a re-read
         ):
+            _HOLD.chosen.set()
             other.join(30)
             _HOLD.held += 1
         return payment
