@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench unit integration faults proof clean
+.PHONY: demo demo-serve test lint bench unit integration faults proof clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -12,8 +12,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# make demo BLNK=1: the books in the Blnk-compatible stand-in (RECON_LEDGER=blnk).
 demo: $(STAMP)
-	$(BIN)/python -m tests.demo
+	$(BIN)/python -m tests.demo $(if $(BLNK),--blnk,)
+
+# The demo, then the local Stripe server keeps answering (Ctrl-C stops it) so that every
+# `recon` command can be tried on the demo data.
+demo-serve: $(STAMP)
+	$(BIN)/python -m tests.demo --serve
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker reconcile ledger tests

@@ -1,4 +1,24 @@
-"""The ledger's error tree.  Callers catch ``LedgerError`` or one precise leaf."""
+"""The ledger's error tree.  Callers catch ``LedgerError`` or one precise leaf.
+
+    LedgerError
+    ├── InvalidInput            the request can never succeed as written
+    │   ├── InvalidAmount, UnknownCurrency, CurrencyMismatch
+    │   └── UnknownBalance      the backend has no such balance (Blnk: no such balance id)
+    ├── TransactionNotFound
+    ├── ReferenceConflict       same reference, other terms
+    ├── StateError              the transaction's state refuses the operation
+    │   ├── AlreadyCommitted, AlreadyVoided, NotInflight, CommitAmountExceeded
+    │   └── InsufficientFunds   the source balance cannot cover it (and may not overdraw)
+    ├── UnreadableRecord        the backend answered with a record whose money cannot be read
+    └── TransientError          nothing was decided: leave the entry for the next pass
+        ├── LedgerUnavailable   unreachable or failing (5xx, timeouts) after the retries
+        │   └── LedgerAccessDenied  the backend refused our credentials (401/403)
+        └── LedgerBusy          the backend is already acting on it (Blnk: a commit or void
+                                queued, 409 GEN_CONFLICT; a lock held, 423)
+
+A ``StateError`` met while acting on Stripe's evidence is a discrepancy for a person; a
+``TransientError`` is not: the same pass, run later, will do the work.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +43,10 @@ class UnknownCurrency(InvalidInput, ValueError):
 
 class CurrencyMismatch(InvalidInput):
     pass
+
+
+class UnknownBalance(InvalidInput):
+    """The ledger has no balance by that name (Blnk names balances by id or @indicator)."""
 
 
 class TransactionNotFound(LedgerError, LookupError):
@@ -55,5 +79,26 @@ class CommitAmountExceeded(StateError):
     pass
 
 
-class LedgerUnavailable(LedgerError):
+class InsufficientFunds(StateError):
+    pass
+
+
+class UnreadableRecord(LedgerError):
+    """A record whose amount, precision, status or time is missing or malformed.  Absent
+    is unknown, never zero: nothing is decided on it and a person must look."""
+
+
+class TransientError(LedgerError):
+    """Nothing was decided; the same operation later may succeed."""
+
+
+class LedgerUnavailable(TransientError):
     """The backing store could not be reached; the operation may be retried."""
+
+
+class LedgerAccessDenied(LedgerUnavailable):
+    """The backend refused the credentials or their permissions (fix the configuration)."""
+
+
+class LedgerBusy(TransientError):
+    """The backend is already acting on this transaction; retry later."""

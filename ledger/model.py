@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from ledger.errors import LedgerError
 from ledger.money import Money
 
 
@@ -62,11 +63,25 @@ class Transaction:
 
 @dataclass(frozen=True)
 class Balance:
+    """One balance in one currency.  An indicator (``@stripe``) has one of these per
+    currency, so ``label`` (name and currency) is what tells two of them apart."""
+
     name: str
     currency: str
     balance: int
     inflight_credit: int
     inflight_debit: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.currency})"
+
+    def __str__(self) -> str:
+        return (
+            f"{self.label}: {Money(self.balance, self.currency).format()} applied, "
+            f"{Money(self.inflight_credit, self.currency).format()} inflight in, "
+            f"{Money(self.inflight_debit, self.currency).format()} inflight out"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -97,3 +112,20 @@ class Violation:
 
     def __str__(self) -> str:
         return f"{self.rule}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class Settled:
+    """One item of a bulk commit or void: the transaction as it now stands, or why not.
+
+    A retry that finds the work already done (a full commit already committed, a void
+    already voided) is a success, as it is for ``commit`` and ``void``.
+    """
+
+    reference: str
+    transaction: Transaction | None = None
+    error: LedgerError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from ledger.model import Balance, NewTransaction, Transaction, TxnStatus, Violation
+from sqlalchemy import Connection
+
+from ledger.model import Balance, NewTransaction, Settled, Transaction, TxnStatus, Violation
 
 # The metadata key that links a transaction to a Stripe PaymentIntent when its reference
 # follows another convention.  The ledger only stores it; it knows nothing of Stripe.
 LINK_KEY = "stripe_payment_intent"
+
+# A caller rehearsing (its database transaction will be rolled back) marks the connection
+# (``rehearsal``) before it makes a ledger on it.  A ledger whose writes do not roll back
+# with that connection (Blnk, over HTTP) then sends no write and answers what it would give.
+DRY_RUN = "ledger.dry_run"
+
+
+@contextmanager
+def rehearsal(conn: Connection, dry_run: bool) -> Iterator[None]:
+    """Mark ``conn`` as rehearsing for the block (``conn.info`` outlives the checkout, so
+    the mark is always taken off again)."""
+    before = conn.info.get(DRY_RUN)
+    conn.info[DRY_RUN] = dry_run
+    try:
+        yield
+    finally:
+        if before is None:
+            conn.info.pop(DRY_RUN, None)
+        else:
+            conn.info[DRY_RUN] = before
+
+
+# The most items one bulk call takes (Blnk: api/model/transaction.go MaxBulkInflightItems).
+BULK_MAX = 100
 
 
 class Ledger(Protocol):
@@ -29,6 +56,15 @@ class Ledger(Protocol):
     ) -> Transaction: ...
 
     def void(self, reference: str, *, idempotency_key: str | None = None) -> Transaction: ...
+
+    def commit_many(self, items: Sequence[tuple[str, int | None]]) -> list[Settled]:
+        """``commit`` for many (reference, amount or None for the rest) at once, one result
+        per item in order; an item that fails does not stop the others."""
+        ...
+
+    def void_many(self, references: Sequence[str]) -> list[Settled]:
+        """``void`` for many references at once, one result per item in order."""
+        ...
 
     def claim_inflight(
         self,
@@ -69,5 +105,13 @@ class Ledger(Protocol):
         ...
 
     def balances(self) -> Sequence[Balance]: ...
+
+    def get_balances(self, names: Sequence[str]) -> Sequence[Balance]:
+        """These balances (those that exist), by name: one customer's wallets."""
+        ...
+
+    def recent_for_balance(self, balance: str, limit: int = 20) -> Sequence[Transaction]:
+        """Transactions into ``balance``, newest first: a customer's wallet history."""
+        ...
 
     def check_invariants(self) -> list[Violation]: ...

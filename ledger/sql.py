@@ -17,7 +17,7 @@ Concurrency rules:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,9 +27,11 @@ from sqlalchemy import (
     Column,
     Connection,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     UniqueConstraint,
@@ -39,37 +41,56 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 
+from ledger.checks import is_amount, to_commit, to_void, validate_new
 from ledger.errors import (
-    AlreadyCommitted,
-    AlreadyVoided,
-    CommitAmountExceeded,
     CurrencyMismatch,
     InvalidAmount,
-    InvalidInput,
+    LedgerError,
     ReferenceConflict,
     TransactionNotFound,
 )
-from ledger.model import Balance, NewTransaction, Transaction, TxnStatus, Violation
-from ledger.money import normalize_currency
+from ledger.model import Balance, NewTransaction, Settled, Transaction, TxnStatus, Violation
 from ledger.protocol import LINK_KEY
 from ledger.types import UtcDateTime
 
 metadata = MetaData()
 
+
+def is_indicator(name: str) -> bool:
+    """An indicator balance (``@stripe``, ``@World``) exists once per currency, as in Blnk."""
+    return name.startswith("@")
+
+
+# substr rather than LIKE '@%': the same text on both dialects, and no '%' for a driver's
+# paramstyle to trip on.
+_NAMED = "substr(name, 1, 1) <> '@'"
+
+# A balance is a (name, currency) pair.  Indicator balances may have one row per currency;
+# a named balance holds one currency, which the partial unique index enforces even against
+# two first uses racing in different currencies.
 balances = Table(
     "ledger_balances",
     metadata,
-    Column("name", String(200), primary_key=True),
+    Column("name", String(200), nullable=False),
     Column("currency", String(3), nullable=False),
     Column("balance", BigInteger, nullable=False, default=0),
     Column("inflight_credit", BigInteger, nullable=False, default=0),
     Column("inflight_debit", BigInteger, nullable=False, default=0),
     Column("created_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("name", "currency", name="ledger_balances_pkey"),
+    Index(
+        "uq_ledger_balances_named",
+        "name",
+        unique=True,
+        postgresql_where=text(_NAMED),
+        sqlite_where=text(_NAMED),
+    ),
 )
 
 transactions = Table(
@@ -77,8 +98,8 @@ transactions = Table(
     metadata,
     Column("id", String(40), primary_key=True),
     Column("reference", String(255), nullable=False, unique=True),
-    Column("source", String(200), ForeignKey("ledger_balances.name"), nullable=False),
-    Column("destination", String(200), ForeignKey("ledger_balances.name"), nullable=False),
+    Column("source", String(200), nullable=False),
+    Column("destination", String(200), nullable=False),
     Column("amount", BigInteger, nullable=False),
     Column("currency", String(3), nullable=False),
     Column("status", String(10), nullable=False),
@@ -94,6 +115,18 @@ transactions = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     Index("ix_ledger_transactions_link", "link"),
     Index("ix_ledger_transactions_status_created", "status", "created_at"),
+    ForeignKeyConstraint(
+        ["source", "currency"],
+        ["ledger_balances.name", "ledger_balances.currency"],
+        name="ledger_transactions_source_fkey",
+    ),
+    ForeignKeyConstraint(
+        ["destination", "currency"],
+        ["ledger_balances.name", "ledger_balances.currency"],
+        name="ledger_transactions_destination_fkey",
+    ),
+    # A balance's recent transactions (a customer's wallet history); migration 0006.
+    Index("ix_ledger_transactions_destination_created", "destination", "created_at"),
 )
 
 postings = Table(
@@ -126,11 +159,12 @@ def _delta(for_source: str, for_destination: str) -> Any:
     )
 
 
-# Both rows through the primary key with an IN list, which PostgreSQL walks in key order:
-# two transactions on the same pair of balances lock them alike and cannot deadlock.
+# Both rows through the primary key (name, currency) with an IN list on the name and the
+# currency fixed, which PostgreSQL walks in key order: two transactions on the same pair of
+# balances lock them alike and cannot deadlock.
 _MOVE = (
     update(balances)
-    .where(_b.name.in_([bindparam("first"), bindparam("second")]))
+    .where(_b.name.in_([bindparam("first"), bindparam("second")]), _b.currency == bindparam("cur"))
     .values(
         balance=_b.balance + _delta("src_applied", "dst_applied"),
         inflight_credit=_b.inflight_credit + _delta("src_credit", "dst_credit"),
@@ -193,38 +227,6 @@ def _row_to_txn(row: RowMapping) -> Transaction:
     )
 
 
-def _validate(new: NewTransaction) -> NewTransaction:
-    if not isinstance(new.amount, int) or isinstance(new.amount, bool) or new.amount <= 0:
-        raise InvalidAmount(f"amount must be a positive integer of minor units: {new.amount!r}")
-    for label, value in (
-        ("reference", new.reference),
-        ("source", new.source),
-        ("destination", new.destination),
-    ):
-        if not isinstance(value, str) or not value.strip():
-            raise InvalidInput(f"{label} must be a non-empty string")
-        if len(value) > 200:
-            raise InvalidInput(f"{label} is longer than 200 characters")
-    if new.source == new.destination:
-        raise InvalidInput("source and destination must differ")
-    for key in new.metadata:
-        if not isinstance(key, str) or not key:
-            raise InvalidInput(f"metadata keys must be non-empty strings: {key!r}")
-    link = new.metadata.get(LINK_KEY)
-    if link is not None and not isinstance(link, str):
-        raise InvalidInput(f"metadata {LINK_KEY} must be a string")
-    return NewTransaction(
-        reference=new.reference,
-        source=new.source,
-        destination=new.destination,
-        amount=new.amount,
-        currency=normalize_currency(new.currency),
-        inflight=new.inflight,
-        metadata=dict(new.metadata),
-        expires_at=new.expires_at,
-    )
-
-
 class SqlLedger:
     """Ledger on a SQLAlchemy connection; the caller owns the transaction and commits it."""
 
@@ -241,10 +243,13 @@ class SqlLedger:
             stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing()
         else:
             stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
-        return int(self.conn.execute(stmt).rowcount or 0)
+        # RETURNING, not rowcount: SQLAlchemy 2 leaves an INSERT's rowcount at -1 (truthy)
+        # unless asked to keep it, which made a create that lost a race look like a winner.
+        key = next(iter(table.primary_key.columns))
+        return len(self.conn.execute(stmt.returning(key)).all())
 
     def _ensure_balance(self, name: str, currency: str) -> None:
-        self._insert_ignore(
+        inserted = self._insert_ignore(
             balances,
             {
                 "name": name,
@@ -255,19 +260,29 @@ class SqlLedger:
                 "created_at": self._clock(),
             },
         )
+        if inserted or is_indicator(name):
+            return
+        # Not inserted: either this very (name, currency) exists, or the name is taken in
+        # another currency (the partial unique index said no).
         found = self.conn.execute(
             select(balances.c.currency).where(balances.c.name == name)
         ).scalar_one()
         if found != currency:
-            raise CurrencyMismatch(f"balance {name!r} holds {found}, not {currency}")
+            raise CurrencyMismatch(
+                f"balance {name!r} holds {found}; it cannot take {currency} (a named balance "
+                f"keeps one currency; only indicator balances such as '@stripe' hold several)"
+            )
 
     @staticmethod
-    def _move_params(source: str, destination: str, applied: int, inflight: int) -> dict[str, Any]:
+    def _move_params(
+        source: str, destination: str, currency: str, applied: int, inflight: int
+    ) -> dict[str, Any]:
         """Bind values for _MOVE: ``applied`` into balances, ``inflight`` into reservations."""
         first, second = sorted((source, destination))
         return {
             "first": first,
             "second": second,
+            "cur": currency,
             "src": source,
             "src_applied": -applied,
             "dst_applied": applied,
@@ -277,8 +292,12 @@ class SqlLedger:
             "dst_debit": 0,
         }
 
-    def _move(self, source: str, destination: str, *, applied: int = 0, inflight: int = 0) -> None:
-        self.conn.execute(_MOVE, self._move_params(source, destination, applied, inflight))
+    def _move(
+        self, source: str, destination: str, currency: str, *, applied: int = 0, inflight: int = 0
+    ) -> None:
+        self.conn.execute(
+            _MOVE, self._move_params(source, destination, currency, applied, inflight)
+        )
 
     def _select(self, where: Any, lock: bool) -> Transaction | None:
         stmt = select(transactions).where(where)
@@ -326,7 +345,7 @@ class SqlLedger:
     ) -> Transaction:
         """Move the balances, record the posting and the new state; return that state."""
         params = {
-            **self._move_params(txn.source, txn.destination, applied, inflight),
+            **self._move_params(txn.source, txn.destination, txn.currency, applied, inflight),
             "tid": txn.id,
             "p_kind": kind,
             "p_amount": amount,
@@ -347,7 +366,7 @@ class SqlLedger:
     # -- the protocol --------------------------------------------------------------------
 
     def create(self, new: NewTransaction) -> Transaction:
-        new = _validate(new)
+        new = validate_new(new)
         existing = self.get(new.reference, lock=True)
         if existing is not None:
             return self._same_terms(existing, new)
@@ -382,9 +401,9 @@ class SqlLedger:
             assert winner is not None
             return self._same_terms(winner, new)
         if new.inflight:
-            self._move(new.source, new.destination, inflight=new.amount)
+            self._move(new.source, new.destination, new.currency, inflight=new.amount)
         else:
-            self._move(new.source, new.destination, applied=new.amount)
+            self._move(new.source, new.destination, new.currency, applied=new.amount)
         self._post(txn_id, "create", new.amount, None, now)
         got = self.get(new.reference)
         assert got is not None
@@ -419,28 +438,14 @@ class SqlLedger:
     def commit(
         self, reference: str, amount: int | None = None, *, idempotency_key: str | None = None
     ) -> Transaction:
-        if amount is not None and (
-            not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0
-        ):
+        if amount is not None and not is_amount(amount):
             raise InvalidAmount(f"commit amount must be a positive integer: {amount!r}")
         txn = self._locked(reference)
         if self._posted(txn.id, idempotency_key):
             return txn
-        if txn.status is TxnStatus.VOID:
-            raise AlreadyVoided(f"{reference} was voided; it cannot be committed")
-        if txn.remaining == 0:
-            if txn.voided_amount:
-                raise AlreadyVoided(
-                    f"{reference}: the uncommitted remainder ({txn.voided_amount}) was voided"
-                )
-            if amount is None:
-                return txn  # a full commit retried after it happened: nothing to do
-            raise AlreadyCommitted(f"{reference} is already fully committed")
-        take = txn.remaining if amount is None else amount
-        if take > txn.remaining:
-            raise CommitAmountExceeded(
-                f"{reference}: cannot commit {take}, only {txn.remaining} of {txn.amount} left"
-            )
+        take = to_commit(txn, amount)
+        if take is None:
+            return txn  # a full commit retried after it happened: nothing to do
         now = self._clock()
         committed = txn.committed_amount + take
         status = TxnStatus.APPLIED if committed + txn.voided_amount == txn.amount else txn.status
@@ -461,12 +466,8 @@ class SqlLedger:
         txn = self._locked(reference)
         if self._posted(txn.id, idempotency_key):
             return txn
-        if txn.status is TxnStatus.VOID:
-            return txn  # voiding twice releases nothing twice
-        if txn.remaining == 0:
-            if txn.voided_amount:
-                return txn
-            raise AlreadyCommitted(f"{reference} is fully committed; nothing left to void")
+        if to_void(txn) is None:
+            return txn
         now = self._clock()
         rest = txn.remaining
         status = TxnStatus.APPLIED if txn.committed_amount else TxnStatus.VOID
@@ -482,6 +483,31 @@ class SqlLedger:
             status=status,
             now=now,
         )
+
+    def commit_many(self, items: Sequence[tuple[str, int | None]]) -> list[Settled]:
+        return [self._settle_one(ref, self.commit, amount) for ref, amount in items]
+
+    def void_many(self, references: Sequence[str]) -> list[Settled]:
+        return [self._settle_one(ref, self._void_all) for ref in references]
+
+    def _void_all(self, reference: str, _: int | None) -> Transaction:
+        return self.void(reference)
+
+    def _settle_one(
+        self,
+        reference: str,
+        act: Callable[[str, int | None], Transaction],
+        amount: int | None = None,
+    ) -> Settled:
+        # A savepoint per item: one refusal leaves the others' writes in the transaction.
+        savepoint = self.conn.begin_nested()
+        try:
+            txn = act(reference, amount)
+        except LedgerError as exc:
+            savepoint.rollback()
+            return Settled(reference, error=exc)
+        savepoint.commit()
+        return Settled(reference, transaction=txn)
 
     def claim_inflight(
         self,
@@ -561,7 +587,11 @@ class SqlLedger:
         return [_row_to_txn(r) for r in rows]
 
     def balances(self) -> Sequence[Balance]:
-        rows = self.conn.execute(select(balances).order_by(balances.c.name)).mappings().all()
+        rows = (
+            self.conn.execute(select(balances).order_by(balances.c.name, balances.c.currency))
+            .mappings()
+            .all()
+        )
         return [
             Balance(
                 name=r["name"],
@@ -572,6 +602,34 @@ class SqlLedger:
             )
             for r in rows
         ]
+
+    def get_balances(self, names: Sequence[str]) -> Sequence[Balance]:
+        wanted = list(dict.fromkeys(names))
+        if not wanted:
+            return []
+        rows = self.conn.execute(
+            select(balances).where(balances.c.name.in_(wanted)).order_by(balances.c.name)
+        ).mappings()
+        return [
+            Balance(
+                name=r["name"],
+                currency=r["currency"],
+                balance=int(r["balance"]),
+                inflight_credit=int(r["inflight_credit"]),
+                inflight_debit=int(r["inflight_debit"]),
+            )
+            for r in rows
+        ]
+
+    def recent_for_balance(self, balance: str, limit: int = 20) -> Sequence[Transaction]:
+        t = transactions
+        rows = self.conn.execute(
+            select(t)
+            .where(t.c.destination == balance)
+            .order_by(t.c.created_at.desc(), t.c.id.desc())
+            .limit(limit)
+        ).mappings()
+        return [_row_to_txn(r) for r in rows]
 
     def check_invariants(self) -> list[Violation]:
         out: list[Violation] = []
@@ -628,13 +686,15 @@ class SqlLedger:
             (t.c.status == "INFLIGHT", t.c.amount - t.c.committed_amount - t.c.voided_amount),
             else_=0,
         )
-        expected: dict[str, list[int]] = {}
+        expected: dict[tuple[str, str], list[int]] = {}
         for side, sign in ((t.c.destination, 1), (t.c.source, -1)):
             rows = self.conn.execute(
-                select(side, func.sum(t.c.committed_amount), func.sum(reserved)).group_by(side)
+                select(
+                    side, t.c.currency, func.sum(t.c.committed_amount), func.sum(reserved)
+                ).group_by(side, t.c.currency)
             ).all()
-            for name, committed, held in rows:
-                cur = expected.setdefault(name, [0, 0, 0])
+            for name, currency, committed, held in rows:
+                cur = expected.setdefault((name, currency), [0, 0, 0])
                 cur[0] += sign * int(committed or 0)
                 if sign > 0:
                     cur[1] += int(held or 0)
@@ -642,13 +702,13 @@ class SqlLedger:
                     cur[2] += int(held or 0)
         out: list[Violation] = []
         for bal in self.balances():
-            want = expected.get(bal.name, [0, 0, 0])
+            want = expected.get((bal.name, bal.currency), [0, 0, 0])
             have = [bal.balance, bal.inflight_credit, bal.inflight_debit]
             if have != want:
                 out.append(
                     Violation(
                         "balance_matches_transactions",
-                        f"{bal.name}: balance/inflight_credit/inflight_debit {have} "
+                        f"{bal.label}: balance/inflight_credit/inflight_debit {have} "
                         f"but transactions say {want}",
                     )
                 )

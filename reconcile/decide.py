@@ -131,6 +131,10 @@ class Reason(enum.StrEnum):
     CREDITED_BEFORE_SETTLEMENT = "credited_before_settlement"  # [wait]
     CREDITED_STUCK_PAST_SLA = "credited_stuck_past_sla"  # [wait, ticket stuck_payment high]
 
+    # A person reversed the credit (``Entry.reversed_amount``): the books agree again.
+    CREDIT_REVERSED = "credit_reversed"  # [matched]
+    REFUND_REVERSED = "refund_reversed"  # [matched]
+
     # Entry VOID.
     PAID_BUT_VOIDED = "paid_but_voided"  # [ticket paid_but_voided critical]
     PARTIAL_CAPTURE_SETTLED = "partial_capture_settled"  # [matched]
@@ -305,9 +309,13 @@ def _settled(
         return _mismatch(Reason.CURRENCY_MISMATCH)
     if payment.amount_received != entry.committed_amount:
         return _mismatch(Reason.APPLIED_AMOUNT_DIFFERS)
-    if payment.amount_refunded:
+    refunded = payment.amount_refunded
+    if refunded and refunded > entry.reversed_amount:
         return _ticket(TicketKind.REFUND_AFTER_CREDIT, Severity.MEDIUM, Reason.REFUND_AFTER_CREDIT)
     keeps = _unseen(payment)
+    if refunded:
+        # Refunded, and a person reversed the credit for it: the books agree again.
+        return Decision(Action.MATCHED, Reason.REFUND_REVERSED, resolves=True, keeps=keeps)
     if matched is Reason.PARTIAL_CAPTURE_SETTLED:
         # A settled partial capture keeps its low amount_mismatch ticket open: it is CX's cue
         # to tell the customer they were credited less than they asked for.
@@ -346,6 +354,8 @@ def _aftermath(payment: Payment, policy: Policy, now: datetime) -> tuple[TicketS
 
 def _credited_unpaid(payment: Payment, entry: Entry, policy: Policy, now: datetime) -> Decision:
     if failed_attempt(payment):
+        if entry.reversed_amount >= entry.committed_amount:
+            return Decision(Action.MATCHED, Reason.CREDIT_REVERSED, resolves=True)
         return _ticket(
             TicketKind.CREDITED_BUT_FAILED, Severity.CRITICAL, Reason.CREDITED_BUT_FAILED
         )

@@ -23,10 +23,12 @@ from sqlalchemy import Connection
 
 from ledger.errors import LedgerError
 from ledger.model import NewTransaction, Transaction, TxnStatus
-from ledger.protocol import LINK_KEY, Ledger
+from ledger.protocol import LINK_KEY, Ledger, rehearsal
+from reconcile import customers
 from reconcile import tickets as tk
 from reconcile.decide import decide
 from reconcile.guard import GuardTripped
+from reconcile.messages import PENDING, CustomerState, customer_message
 from reconcile.model import (
     Action,
     CreateSpec,
@@ -48,21 +50,71 @@ def linked_payment_id(txn: Transaction) -> str:
     return link if isinstance(link, str) and link else txn.reference
 
 
-def to_entry(txn: Transaction | None) -> Entry | None:
+# A person's fix that moves money after the hold was settled is its own APPLIED transaction,
+# found by its reference: the payment id and one of these suffixes.  Its metadata names the
+# payment under ADJUSTS_KEY, not LINK_KEY, so that the payment's own entry stays the one
+# ``find_linked`` answers.
+CREDIT_SUFFIX = ":credit"
+REVERSAL_SUFFIX = ":reversal"
+ADJUSTS_KEY = "recon_adjusts"
+
+
+def adjustment_references(payment_id: str) -> list[str]:
+    return [payment_id + CREDIT_SUFFIX, payment_id + REVERSAL_SUFFIX]
+
+
+def to_entry(txn: Transaction | None, adjustments: Sequence[Transaction] = ()) -> Entry | None:
+    """The decision core's view of a payment's ledger entry, with any fixes folded in.
+
+    A credit after a void is, to the books, the commit that should have happened: it counts
+    as committed and the entry reads APPLIED.  A reversal is kept apart
+    (``reversed_amount``): the decision compares it with what Stripe refunded or failed.
+    """
     if txn is None:
         return None
+    committed, voided, status = txn.committed_amount, txn.voided_amount, txn.status.value
+    reversed_amount = 0
+    for adj in adjustments:
+        if adj.reference.endswith(CREDIT_SUFFIX):
+            committed += adj.amount
+            voided = max(0, txn.amount - committed)
+            status = EntryStatus.APPLIED.value
+        elif adj.reference.endswith(REVERSAL_SUFFIX):
+            reversed_amount += adj.amount
     return Entry(
         reference=txn.reference,
-        status=EntryStatus(txn.status.value),
-        amount=txn.amount,
+        status=EntryStatus(status),
+        amount=max(txn.amount, committed),
         currency=txn.currency,
         created_at=txn.created_at,
-        committed_amount=txn.committed_amount,
-        voided_amount=txn.voided_amount,
+        committed_amount=committed,
+        voided_amount=voided,
         source=txn.source,
         destination=txn.destination,
         metadata={k: str(v) for k, v in txn.metadata.items()},
+        reversed_amount=reversed_amount,
     )
+
+
+def load_adjustments(
+    ledger: Ledger, txns: Mapping[str, Transaction]
+) -> dict[str, list[Transaction]]:
+    """Fixes posted against settled entries (payment id -> credits and reversals), one read.
+
+    INFLIGHT entries never have any (a fix after settlement is the only way to get one), so
+    the sweep, which sees only INFLIGHT entries, never pays for this read.
+    """
+    settled = [pid for pid, t in txns.items() if t.status is not TxnStatus.INFLIGHT]
+    if not settled:
+        return {}
+    refs = [ref for pid in settled for ref in adjustment_references(pid)]
+    found = ledger.find_linked_many(refs)
+    out: dict[str, list[Transaction]] = {}
+    for pid in settled:
+        adj = [found[r] for r in adjustment_references(pid) if r in found]
+        if adj:
+            out[pid] = adj
+    return out
 
 
 # -- the one ledger write path ----------------------------------------------------------------
@@ -92,7 +144,29 @@ class Create:
     audit_action: str = "create"
 
 
-LedgerOp = Commit | Void | Create
+@dataclass(frozen=True)
+class Credit:
+    """A new APPLIED transaction for a paid payment whose hold was voided (``of``)."""
+
+    of: Transaction
+    payment_id: str
+    amount: int
+    created_by: str
+    audit_action: str = "credit"
+
+
+@dataclass(frozen=True)
+class Reverse:
+    """Take back ``amount`` of what ``of`` credited: an APPLIED transaction the other way."""
+
+    of: Transaction
+    payment_id: str
+    amount: int
+    created_by: str
+    audit_action: str = "reverse"
+
+
+LedgerOp = Commit | Void | Create | Credit | Reverse
 
 
 @dataclass(frozen=True)
@@ -115,6 +189,20 @@ def act(conn: Connection, ledger: Ledger, op: LedgerOp, ctx: AuditContext) -> Tr
         amount = op.amount
     elif isinstance(op, Void):
         after = ledger.void(op.reference, idempotency_key=op.idempotency_key)
+        amount = op.amount
+    elif isinstance(op, Credit | Reverse):
+        credit = isinstance(op, Credit)
+        after = ledger.create(
+            NewTransaction(
+                reference=op.payment_id + (CREDIT_SUFFIX if credit else REVERSAL_SUFFIX),
+                source=op.of.source if credit else op.of.destination,
+                destination=op.of.destination if credit else op.of.source,
+                amount=op.amount,
+                currency=op.of.currency,
+                inflight=False,
+                metadata={ADJUSTS_KEY: op.payment_id, "created_by": op.created_by},
+            )
+        )
         amount = op.amount
     else:
         c = op.spec
@@ -152,6 +240,7 @@ class Item:
     payment_id: str
     payment: Payment | None
     txn: Transaction | None = None
+    adjustments: tuple[Transaction, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,6 +255,9 @@ class PaymentOutcome:
     resolved: tuple[int, ...] = ()
     error: str | None = None
     payment: Payment | None = None  # what Stripe said when this was decided
+    currency: str | None = None
+    amount: int | None = None  # what the action moves: committed, voided or created
+    dry_run: bool = False
 
     def as_plan(self) -> dict[str, Any]:
         d = self.decision
@@ -174,6 +266,8 @@ class PaymentOutcome:
             "reference": self.reference,
             "action": d.action.value,
             "reason": str(d.reason),
+            "amount": self.amount,
+            "currency": self.currency,
             "commit_amount": d.commit_amount,
             "void_remainder": d.void_remainder,
             "ticket": (
@@ -181,10 +275,80 @@ class PaymentOutcome:
                 if d.ticket
                 else None
             ),
-            "ticket_id": self.ticket_id,
-            "resolves_tickets": list(self.resolved),
+            # A dry run rolls back the tickets it would open: no number for those, only
+            # for open tickets it would bump, which exist.
+            "ticket_id": None if (self.dry_run and self.ticket_new) else self.ticket_id,
+            "ticket_new": self.ticket_new,
+            "resolves_tickets": [] if self.dry_run else list(self.resolved),
+            "would_resolve": len(self.resolved),
             "error": self.error,
         }
+
+
+def queue_change(
+    conn: Connection,
+    change: str,
+    payment_id: str,
+    payment: Payment | None,
+    entry: Entry | None,
+    amount: int | None,
+    currency: str | None,
+    message: str | None,
+    now: datetime,
+    *,
+    ticket_id: int | None = None,
+    destination_key: str = "ledger_destination",
+) -> bool:
+    """Queue one customer.update with the customer's identifiers (see customers.sighting)."""
+    who = customers.sighting(
+        payment_id, payment, entry, stripe_read=False, destination_key=destination_key
+    )
+    return tk.queue_customer_update(
+        conn,
+        tk.CustomerChange(
+            payment_id=payment_id,
+            change=change,
+            message=message,
+            amount=amount,
+            currency=currency,
+            ticket_id=ticket_id,
+            customer=who.stripe_customer if who else None,
+            customer_email=who.email if who else None,
+            customer_name=who.name if who else None,
+            balance=who.balance if who else None,
+        ),
+        now,
+    )
+
+
+def _txn_like(entry: Entry) -> Transaction:
+    """The few Transaction fields ``_moved`` reads, from an Entry."""
+    return Transaction(
+        id="",
+        reference=entry.reference,
+        source=entry.source,
+        destination=entry.destination,
+        amount=entry.amount,
+        currency=entry.currency,
+        status=TxnStatus(entry.status.value),
+        committed_amount=entry.committed_amount,
+        voided_amount=entry.voided_amount,
+        created_at=entry.created_at,
+    )
+
+
+def _currency(txn: Transaction | None, payment: Payment | None) -> str | None:
+    return txn.currency if txn is not None else (payment.currency if payment else None)
+
+
+def _moved(d: Decision, txn: Transaction | None) -> int | None:
+    if d.action is Action.COMMIT:
+        return d.commit_amount
+    if d.action is Action.VOID and txn is not None:
+        return txn.remaining
+    if d.action is Action.CREATE and d.create is not None:
+        return d.create.amount
+    return None
 
 
 class Pass:
@@ -230,6 +394,23 @@ class Pass:
             open_by_payment = tk.open_kinds(conn, [i.payment_id for i in items])
             conn.rollback()
             self._plan_and_act(conn, items, open_by_payment, now)
+            if not self.dry_run:
+                self._index(conn, items)
+
+    def _index(self, conn: Connection, items: Sequence[Item]) -> None:
+        """Write down whose payments these are (the customer index), one transaction."""
+        seen = [
+            customers.sighting(
+                i.payment_id,
+                i.payment,
+                to_entry(i.txn),
+                stripe_read=i.payment is not None,
+                destination_key=self.svc.policy.destination_key,
+            )
+            for i in items
+        ]
+        with conn.begin():
+            customers.record(conn, [s for s in seen if s is not None], self.svc.clock())
 
     def _plan_and_act(
         self,
@@ -241,7 +422,7 @@ class Pass:
         planned: list[tuple[Item, Decision]] = []
         voids = new_tickets = 0
         for item in items:
-            d = decide(item.payment, to_entry(item.txn), self.svc.policy, now)
+            d = decide(item.payment, to_entry(item.txn, item.adjustments), self.svc.policy, now)
             planned.append((item, d))
             if d.action is Action.VOID:
                 voids += 1
@@ -270,7 +451,14 @@ class Pass:
                 self._count(d.action.value)
                 if d.action is not Action.NOTHING:
                     self.outcomes.append(
-                        PaymentOutcome(item.payment_id, d, item.txn.reference if item.txn else None)
+                        PaymentOutcome(
+                            item.payment_id,
+                            d,
+                            item.txn.reference if item.txn else None,
+                            payment=item.payment,
+                            currency=_currency(item.txn, item.payment),
+                            dry_run=self.dry_run,
+                        )
                     )
 
     # -- acting ----------------------------------------------------------------------------
@@ -292,10 +480,21 @@ class Pass:
         """
         if conn is None:
             with self.svc.engine.connect() as own:
-                return self.apply(payment_id, payment, conn=own, known_open=known_open)
+                return self._apply(payment_id, payment, own, known_open, index=True)
+        return self._apply(payment_id, payment, conn, known_open, index=False)
+
+    def _apply(
+        self,
+        payment_id: str,
+        payment: Payment | None,
+        conn: Connection,
+        known_open: bool | None,
+        *,
+        index: bool,
+    ) -> PaymentOutcome:
         tx = conn.begin()
         try:
-            outcome = self._apply_locked(conn, payment_id, payment, known_open)
+            outcome = self._apply_locked(conn, payment_id, payment, known_open, index=index)
         except LedgerError as exc:
             tx.rollback()
             # A typed ledger refusal (e.g. a race lost to a manual fix) is recorded and
@@ -330,12 +529,16 @@ class Pass:
         payment_id: str,
         payment: Payment | None,
         known_open: bool | None = None,
+        *,
+        index: bool = False,
     ) -> PaymentOutcome:
         svc = self.svc
-        ledger = svc.ledger_for(conn)
+        with rehearsal(conn, self.dry_run):
+            ledger = svc.ledger_for(conn)
         now = svc.clock()
         txn = ledger.find_linked(payment_id, lock=True)
-        entry = to_entry(txn)
+        adjustments = load_adjustments(ledger, {payment_id: txn}) if txn is not None else {}
+        entry = to_entry(txn, adjustments.get(payment_id, ()))
         d = decide(payment, entry, svc.policy, now)
         run_id = self.run.id if self.run else None
         evidence = {
@@ -410,10 +613,24 @@ class Pass:
                 by=self.actor,
                 now=now,
                 keep=d.keeps | ({d.ticket.kind} if d.ticket else set()),
+                action=d.action.value,
+                payment=payment,
             )
             if resolved:
                 self._count("ticket_resolved", len(resolved))
                 note("tickets_resolved", reference)
+        if svc.customer_updates:
+            self._tell_customer(conn, payment_id, payment, entry, d, ticket_id, ticket_new, now)
+        if index and not self.dry_run:
+            seen = customers.sighting(
+                payment_id,
+                payment,
+                entry,
+                stripe_read=payment is not None,
+                destination_key=svc.policy.destination_key,
+            )
+            if seen is not None:
+                customers.record(conn, [seen], now)
         return PaymentOutcome(
             payment_id,
             d,
@@ -422,6 +639,65 @@ class Pass:
             ticket_new=ticket_new,
             resolved=tuple(resolved),
             payment=payment,
+            currency=_currency(txn, payment),
+            amount=_moved(d, txn),
+            dry_run=self.dry_run,
+        )
+
+    def _tell_customer(
+        self,
+        conn: Connection,
+        payment_id: str,
+        payment: Payment | None,
+        entry: Entry | None,
+        d: Decision,
+        ticket_id: int | None,
+        ticket_new: bool,
+        now: datetime,
+    ) -> None:
+        """Queue a customer.update for a change the customer may be waiting on.
+
+        A commit counts when the customer waited for it (the entry was older than the
+        sweep's threshold, so no timely webhook credited it); a void always does (their
+        top-up failed); so do a new dispute or refund after credit.
+        """
+        change: str | None = None
+        amount = _moved(d, None if entry is None else _txn_like(entry))
+        currency = entry.currency if entry else (payment.currency if payment else None)
+        message: str | None = None
+        if d.action in (Action.COMMIT, Action.CREATE):
+            waited = entry is None or now - entry.created_at > self.svc.sweep_min_age
+            if waited:
+                change = "credited"
+                message = customer_message(PENDING, CustomerState.CREDITED, amount, currency)
+        elif d.action is Action.VOID and entry is not None:
+            change = "voided"
+            amount = entry.remaining
+            message = customer_message(PENDING, CustomerState.VOIDED, entry.amount, currency)
+        elif (
+            ticket_new
+            and ticket_id is not None
+            and d.ticket is not None
+            and d.ticket.kind in (TicketKind.DISPUTE_OPENED, TicketKind.REFUND_AFTER_CREDIT)
+        ):
+            change = d.ticket.kind.value
+            row = tk.get_ticket(conn, ticket_id)
+            message = row["customer_message"] if row else None
+            amount, currency = (row["amount"], row["currency"]) if row else (amount, currency)
+        if change is None:
+            return
+        queue_change(
+            conn,
+            change,
+            payment_id,
+            payment,
+            entry,
+            amount,
+            currency,
+            message,
+            now,
+            ticket_id=ticket_id,
+            destination_key=self.svc.policy.destination_key,
         )
 
     # -- the guard -------------------------------------------------------------------------

@@ -455,3 +455,14 @@ def lag(conn: Connection, now: datetime) -> tuple[int, float]:
     if not count or oldest is None:
         return 0, 0.0
     return int(count), max(0.0, (now - oldest).total_seconds())
+
+
+def known_ids(conn: Connection, event_ids: Sequence[str]) -> set[str]:
+    """Which of these events the inbox already holds (whatever their status)."""
+    out: set[str] = set()
+    for start in range(0, len(event_ids), 500):
+        chunk = list(event_ids[start : start + 500])
+        out.update(
+            r[0] for r in conn.execute(select(inbox.c.event_id).where(inbox.c.event_id.in_(chunk)))
+        )
+    return out

@@ -126,6 +126,7 @@ class Payment:
     customer: str | None = None
     customer_email: str | None = None
     livemode: bool = False
+    customer_name: str | None = None  # the charge's billing name, for the customer index
     metadata: Mapping[str, str] = field(default_factory=dict)
     problems: tuple[str, ...] = ()
 
@@ -160,6 +161,9 @@ class Entry:
     source: str = ""
     destination: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
+    # Taken back from the customer by a reversal linked to this payment (a person's fix for
+    # a refund or a failed payment that had been credited).
+    reversed_amount: int = 0
 
     @property
     def remaining(self) -> int:

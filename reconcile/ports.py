@@ -51,6 +51,8 @@ class Services:
     policy: Policy = field(default_factory=Policy)
     guard: Guard = field(default_factory=Guard)
     sinks: tuple[str, ...] = ()
+    # Queue customer.update messages (RECON_CUSTOMER_UPDATES); off by default.
+    customer_updates: bool = False
     dashboard_base: str = "https://dashboard.stripe.com"
     sweep_min_age: timedelta = timedelta(minutes=10)
     sweep_batch: int = 100

@@ -37,6 +37,9 @@ class RunState:
     resume: dict[str, Any] | None = None
     # Runs found dead (their worker stopped beating) and marked partial when this one began.
     recovered: list[int] = field(default_factory=list)
+    # Things the operator should know about how the run was read (a window clamped...).
+    notes: list[str] = field(default_factory=list)
+    guard: str | None = None  # the blast-radius guard's verdict when it stopped the run
 
     @property
     def status(self) -> str:
@@ -50,12 +53,18 @@ class RunResult:
     counts: dict[str, int]
     errors: list[str]
     plan: list[dict[str, Any]] = field(default_factory=list)
+    dry_run: bool = False
+    cut_short: str | None = None
+    guard: str | None = None  # why the blast-radius guard stopped (or would stop) the run
+    notes: list[str] = field(default_factory=list)
 
     @property
     def attention(self) -> bool:
         """True when a person should look: discrepancies remain or the run was not clean."""
-        return self.status != SUCCEEDED or any(
-            self.counts.get(k, 0) for k in ("ticket_opened", "ticket_bumped", "incident")
+        return (
+            self.status != SUCCEEDED
+            or self.guard is not None
+            or any(self.counts.get(k, 0) for k in ("ticket_opened", "ticket_bumped", "incident"))
         )
 
 
@@ -137,6 +146,8 @@ def _merge_params(conn: Connection, state: RunState) -> dict[str, Any]:
         # It was only slow (its heartbeat could not reach the database), and finished: the
         # reaper's verdict is kept as a note, not as the reason the run stopped.
         params.pop("cut_short", None)
+    if state.notes:
+        params["notes"] = list(state.notes)
     if state.recovered:
         params["recovered_runs"] = list(state.recovered)
     return params

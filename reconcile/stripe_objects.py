@@ -314,10 +314,13 @@ def payment_from_stripe(
         customer_email = customer_email or _Reader(customer_obj, "customer").text("email")
     else:
         customer = reader.text("customer")
+    billing = charge_reader.child("billing_details")
+    billing_reader = _Reader(billing or {}, "billing_details")
     if customer_email is None:
-        billing = charge_reader.child("billing_details")
-        if billing is not None:
-            customer_email = _Reader(billing, "billing_details").text("email")
+        customer_email = billing_reader.text("email")
+    customer_name = billing_reader.text("name")
+    if customer_name is None and isinstance(customer_obj, Mapping):
+        customer_name = _Reader(customer_obj, "customer").text("name")
 
     card = None
     details = charge_reader.child("payment_method_details")
@@ -352,6 +355,7 @@ def payment_from_stripe(
         capture_before=capture_before,
         customer=customer,
         customer_email=customer_email,
+        customer_name=customer_name,
         livemode=pi.get("livemode") is True,
         metadata=meta,
         problems=tuple(reader.problems + charge_reader.problems),

@@ -169,3 +169,99 @@ locks = Table(
     Column("holder", String(200), nullable=False),
     Column("expires_at", UtcDateTime(), nullable=False),
 )
+
+# -- the customer index (owner: reconcile/customers.py) -------------------------------------
+# Who a payment belongs to, learnt from what the service already sees (ledger metadata,
+# PaymentIntents, tickets), so that CX can start from a person instead of a PaymentIntent id.
+
+customers = Table(
+    "recon_customers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # The identity a customer was first known by: the Stripe customer id, else
+    # "email:<lower-case email>", else "balance:<ledger balance>".
+    Column("key", String(400), nullable=False, unique=True),
+    Column("name", String(200), nullable=True),
+    Column("email", String(320), nullable=True),
+    Column("stripe_customer", String(255), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+# Everything a customer can be looked up by.  email, stripe_customer and balance belong to
+# one customer each; name tokens (each word of the lower-cased name, and the whole name)
+# are shared, and searched by prefix.
+customer_keys = Table(
+    "recon_customer_keys",
+    metadata,
+    Column("kind", String(20), primary_key=True),  # email | stripe_customer | balance | name
+    Column("value", String(400), primary_key=True),
+    Column("customer_id", Integer, ForeignKey("recon_customers.id"), primary_key=True),
+    Index(
+        "uq_recon_customer_keys_identity",
+        "kind",
+        "value",
+        unique=True,
+        postgresql_where=text("kind <> 'name'"),
+        sqlite_where=text("kind <> 'name'"),
+    ),
+    # LIKE 'pra%' uses this on PostgreSQL whatever the database collation.
+    Index(
+        "ix_recon_customer_keys_name_prefix",
+        "value",
+        postgresql_ops={"value": "varchar_pattern_ops"},
+        postgresql_where=text("kind = 'name'"),
+        sqlite_where=text("kind = 'name'"),
+    ),
+    Index("ix_recon_customer_keys_customer", "customer_id"),
+)
+
+# One row per payment seen: whose it is, and the last thing Stripe said about it (what
+# `recon customer` shows without calling Stripe).
+customer_payments = Table(
+    "recon_customer_payments",
+    metadata,
+    Column("payment_id", String(255), primary_key=True),
+    Column("customer_id", Integer, ForeignKey("recon_customers.id"), nullable=False),
+    Column("balance", String(200), nullable=True),
+    Column("amount", BigInteger, nullable=True),
+    Column("currency", String(3), nullable=True),
+    Column("status", String(30), nullable=True),  # last known Stripe status; NULL: not read
+    Column("amount_received", BigInteger, nullable=True),
+    Column("amount_refunded", BigInteger, nullable=True),
+    Column("disputed", Boolean, nullable=True),
+    Column("last_payment_error", String(200), nullable=True),
+    Column("livemode", Boolean, nullable=True),
+    Column("created", UtcDateTime(), nullable=True),  # the PaymentIntent's (or entry's) time
+    Column("stripe_seen_at", UtcDateTime(), nullable=True),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Index("ix_recon_customer_payments_customer", "customer_id", "created"),
+)
+
+# customer.update messages (owner: reconcile/tickets.py, which owns the outbox): one row per
+# change a customer may be waiting to hear about, queued in the transaction that made the
+# change and sent by worker/sinks.py to the webhook sink.  ``change_key`` (payment + change)
+# is unique: a change is never queued, so never sent, twice.
+customer_updates = Table(
+    "recon_customer_updates",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("change_key", String(300), nullable=False, unique=True),
+    Column("change", String(40), nullable=False),  # credited | voided | reversed | ...
+    Column("payment_id", String(255), nullable=False),
+    Column("ticket_id", Integer, nullable=True),
+    Column("customer", String(255), nullable=True),
+    Column("customer_email", String(320), nullable=True),
+    Column("customer_name", String(200), nullable=True),
+    Column("balance", String(200), nullable=True),
+    Column("amount", BigInteger, nullable=True),
+    Column("currency", String(3), nullable=True),
+    Column("message", Text, nullable=True),
+    Column("status", String(20), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("delivered_at", UtcDateTime(), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_recon_customer_updates_due", "status", "next_attempt_at"),
+)

@@ -14,9 +14,17 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from ledger.money import Money
+from reconcile.messages import (
+    KIND_GUIDE,
+    CustomerState,
+    customer_message,
+    open_state,
+    resolved_state,
+)
 from reconcile.model import (
     DisputeStatus,
     Entry,
@@ -26,7 +34,7 @@ from reconcile.model import (
     TicketKind,
     TicketSpec,
 )
-from reconcile.tables import deliveries, tickets
+from reconcile.tables import customer_updates, deliveries, tickets
 
 OPEN = "open"
 RESOLVED = "resolved"
@@ -37,81 +45,19 @@ DELIVERY_FAILED = "failed"
 
 EVENT_OPENED = "ticket.opened"
 EVENT_ESCALATED = "ticket.escalated"
-
-_FIXES: dict[TicketKind, str] = {
-    TicketKind.AMOUNT_MISMATCH: (
-        "Compare the amount Stripe received with the ledger entry. If the customer paid less "
-        "(partial capture), the received amount was credited and the rest released: tell the "
-        "customer. Otherwise correct the ledger entry by hand, then `recon tickets resolve ID "
-        "--action none --note ...`."
-    ),
-    TicketKind.STUCK_PAYMENT: (
-        "The payment has not settled within the SLA. Check the PaymentIntent in the Stripe "
-        "dashboard (bank transfer? 3-D Secure never completed?). Nothing to do in the ledger "
-        "until it settles; `recon payment PI_ID` re-checks it."
-    ),
-    TicketKind.UNKNOWN_PAYMENT: (
-        "Stripe has no such PaymentIntent. Check the reference belongs to this Stripe account "
-        "(live vs test). If the top-up never reached Stripe, void the hold: `recon tickets "
-        "resolve ID --action void --note ...`."
-    ),
-    TicketKind.MISSING_RECORD: (
-        "The customer paid on Stripe but the ledger has no record: credit them with `recon "
-        "tickets resolve ID --action create-record --note ...` (needs the destination balance "
-        "in the PaymentIntent metadata `ledger_destination`), or create the entry by hand."
-    ),
-    TicketKind.CREDITED_BUT_FAILED: (
-        "The wallet was credited but the payment failed or was canceled on Stripe: the money "
-        "never arrived. Reverse the credit by hand (a reversal transaction) and contact the "
-        "customer before they spend it."
-    ),
-    TicketKind.PAID_BUT_VOIDED: (
-        "The customer paid but the ledger hold was voided, so the wallet was never credited. "
-        "Credit the customer with a new transaction (or refund them on Stripe)."
-    ),
-    TicketKind.REFUND_AFTER_CREDIT: (
-        "The payment was refunded after the wallet was credited. Decide whether to post a "
-        "reversal for the refunded amount; the ledger was not changed automatically."
-    ),
-    TicketKind.DISPUTE_OPENED: (
-        "The customer disputed the payment after it was credited. Submit evidence in the "
-        "Stripe dashboard before the deadline and consider holding the balance."
-    ),
-    TicketKind.FRAUD_WARNING: (
-        "Stripe's Radar issued an early fraud warning on a payment that was credited: the "
-        "card issuer reports it as fraud, and a dispute usually follows. Consider refunding "
-        "it on Stripe before the dispute (a refund avoids the dispute fee) and reverse the "
-        "credit; then `recon tickets resolve ID --action none --note ...`."
-    ),
-    TicketKind.UNVERIFIABLE_PAYMENT: (
-        "Stripe's data for this payment lacks a field the decision needs (received amount, "
-        "currency, status) or carries a malformed one, so nothing was changed. Check the "
-        "payment in the Stripe dashboard and the API version of the webhook endpoint, then "
-        "`recon payment PI_ID --dry-run` to re-read it."
-    ),
-    TicketKind.INCIDENT: (
-        "A run stopped itself because it would have changed far more entries than usual. "
-        "Check STRIPE_API_KEY points at the right account and Stripe's status page, then "
-        "rerun with `recon rerun RUN_ID --dry-run` and compare."
-    ),
-}
+EVENT_CUSTOMER_UPDATE = "customer.update"
+CUSTOMER_UPDATE_SINK = "webhook"  # the application's endpoint; never Slack (it is personal)
 
 
-def customer_message(payment: Payment | None, amount: Money | None) -> str | None:
-    what = f"your top-up of {amount.format()}" if amount else "your top-up"
+def _message_amount(kind: TicketKind, payment: Payment | None) -> int | None:
+    """The amount the customer's message is about (None: the ticket's own amount)."""
     if payment is None:
         return None
-    if payment.status is PaymentStatus.SUCCEEDED:
-        return f"We received {what}. Your wallet will update shortly; no need to pay again."
-    if payment.status is PaymentStatus.CANCELED or payment.last_payment_error:
-        return (
-            f"The payment for {what} did not go through. Nothing was taken, or any amount held "
-            "by your bank will be returned within a few days."
-        )
-    return (
-        f"The payment for {what} is still being confirmed by your bank. We will update your "
-        "wallet as soon as it clears; no need to pay again."
-    )
+    if kind is TicketKind.REFUND_AFTER_CREDIT and payment.amount_refunded:
+        return payment.amount_refunded
+    if kind is TicketKind.AMOUNT_MISMATCH:
+        return payment.amount  # what they meant to top up; the message says less arrived
+    return None
 
 
 def dashboard_url(base: str, payment_id: str, livemode: bool) -> str:
@@ -157,6 +103,12 @@ def payment_state(payment: Payment | None) -> dict[str, Any] | None:
         "livemode": payment.livemode,
         "problems": list(payment.problems),
     }
+
+
+def _stripe_status(payment: Payment | None) -> str:
+    if payment is None:
+        return "not found on Stripe"
+    return payment.status.value if payment.status else "of unknown status"
 
 
 def _dispute_line(payment: Payment) -> str:
@@ -208,23 +160,20 @@ class TicketFacts:
     def values(self, spec: TicketSpec) -> dict[str, Any]:
         p, e = self.payment, self.entry
         currency = (p.currency if p else None) or (e.currency if e else None)
-        amount = (
-            (p.amount_received if p.amount_received is not None else p.amount)
-            if p
-            else (e.amount if e else None)
-        )
+        amount: int | None = e.amount if e else None
+        if p is not None:
+            # What arrived once it succeeded; before that, what the customer meant to pay.
+            paid = p.status is PaymentStatus.SUCCEEDED and p.amount_received is not None
+            amount = p.amount_received if paid else (p.amount if p.amount is not None else amount)
         money = Money(amount, currency) if amount is not None and currency else None
         age_from = e.created_at if e else (p.created if p else None)
         age = f"{int((self.now - age_from).total_seconds() // 60)} min" if age_from else "?"
         ledger_says = (
             f"{e.status.value} {Money(e.amount, e.currency).format()}" if e else "has no record"
         )
-        stripe_says = "not found on Stripe"
-        if p:
-            stripe_says = p.status.value if p.status else "of unknown status"
         summary = self.summary or (
             f"{spec.kind.value}: payment {self.payment_id} is "
-            f"{stripe_says}; ledger {ledger_says}"
+            f"{_stripe_status(p)}; ledger {ledger_says}"
             f"{' (Stripe: ' + money.format() + ')' if money and p else ''}; age {age}"
         )
         if p and spec.kind is TicketKind.DISPUTE_OPENED and p.disputes:
@@ -250,8 +199,13 @@ class TicketFacts:
             "ledger_state": entry_state(e),
             "reason": self.reason,
             "summary": summary,
-            "suggested_fix": _FIXES[spec.kind],
-            "customer_message": customer_message(p, money),
+            "suggested_fix": KIND_GUIDE[spec.kind].suggested_fix,
+            "customer_message": customer_message(
+                spec.kind.value,
+                open_state(p) if p is not None or e is not None else CustomerState.CLOSED,
+                _message_amount(spec.kind, p) or amount,
+                currency,
+            ),
             "dashboard_url": (
                 dashboard_url(self.dashboard_base, self.payment_id, p.livemode if p else False)
                 if spec.kind is not TicketKind.INCIDENT
@@ -360,21 +314,36 @@ def resolve_open(
     by: str,
     now: datetime,
     keep: Iterable[TicketKind] = (),
+    action: str = "matched",
+    payment: Payment | None = None,
 ) -> list[int]:
     """Close every open ticket of this payment but those of ``keep``'s kinds: it is
-    reconciled now, as far as what was read can tell."""
+    reconciled now, as far as what was read can tell.
+
+    ``action`` is what the pass did (commit, void, matched...): each ticket's customer
+    message moves on to the resolved one.
+    """
     where = [tickets.c.payment_id == payment_id, tickets.c.status == OPEN]
     kept = sorted(k.value for k in keep)
     if kept:
         where.append(tickets.c.kind.not_in(kept))
-    ids = [int(i) for i in conn.execute(select(tickets.c.id).where(*where)).scalars()]
-    if ids:
+    rows = conn.execute(
+        select(tickets.c.id, tickets.c.kind, tickets.c.amount, tickets.c.currency).where(*where)
+    ).all()
+    state = resolved_state(action, payment)
+    for tid, kind, amount, currency in rows:
         conn.execute(
             update(tickets)
-            .where(tickets.c.id.in_(ids))
-            .values(status=RESOLVED, resolved_at=now, resolved_by=by, resolution=reason)
+            .where(tickets.c.id == tid)
+            .values(
+                status=RESOLVED,
+                resolved_at=now,
+                resolved_by=by,
+                resolution=reason,
+                customer_message=customer_message(kind, state, amount, currency),
+            )
         )
-    return ids
+    return [int(r[0]) for r in rows]
 
 
 def open_kinds(conn: Connection, payment_ids: Sequence[str]) -> dict[str, set[str]]:
@@ -400,12 +369,34 @@ def get_ticket(conn: Connection, ticket_id: int, *, lock: bool = False) -> dict[
     return dict(row) if row else None
 
 
-def close_ticket(conn: Connection, ticket_id: int, *, by: str, note: str, now: datetime) -> None:
+def close_ticket(
+    conn: Connection,
+    ticket_id: int,
+    *,
+    by: str,
+    note: str,
+    now: datetime,
+    state: CustomerState = CustomerState.CLOSED,
+) -> str | None:
+    """Resolve one ticket by hand; its customer message becomes the one for ``state``."""
+    row = conn.execute(
+        select(tickets.c.kind, tickets.c.amount, tickets.c.currency).where(
+            tickets.c.id == ticket_id
+        )
+    ).first()
+    message = customer_message(row[0], state, row[1], row[2]) if row is not None else None
     conn.execute(
         update(tickets)
         .where(tickets.c.id == ticket_id)
-        .values(status=RESOLVED, resolved_at=now, resolved_by=by, resolution=note)
+        .values(
+            status=RESOLVED,
+            resolved_at=now,
+            resolved_by=by,
+            resolution=note,
+            customer_message=message,
+        )
     )
+    return message
 
 
 # --------------------------------------------------------------------------- deliveries
@@ -418,7 +409,8 @@ class DeliveryClaim:
     severity: int
     attempts: int  # including this one
     event: str  # EVENT_OPENED for a ticket's first delivery to a sink, else EVENT_ESCALATED
-    ticket: Mapping[str, Any]
+    ticket: Mapping[str, Any]  # the ticket, or the customer update row
+    kind: str = "ticket"  # or "customer_update"
 
 
 def claim_deliveries(
@@ -485,10 +477,15 @@ def claim_deliveries(
     return claims
 
 
+def _outbox(claim: DeliveryClaim) -> Any:
+    return customer_updates if claim.kind == "customer_update" else deliveries
+
+
 def mark_delivered(conn: Connection, claim: DeliveryClaim, now: datetime) -> None:
+    table = _outbox(claim)
     conn.execute(
-        update(deliveries)
-        .where(deliveries.c.id == claim.id, deliveries.c.status == DELIVERY_PENDING)
+        update(table)
+        .where(table.c.id == claim.id, table.c.status == DELIVERY_PENDING)
         .values(status=DELIVERY_DELIVERED, delivered_at=now, last_error=None)
     )
 
@@ -497,13 +494,14 @@ def mark_delivery_failed(
     conn: Connection, claim: DeliveryClaim, *, error: str, next_attempt_at: datetime, give_up: bool
 ) -> None:
     """A failed attempt: tried again at ``next_attempt_at``, or given up for good."""
+    table = _outbox(claim)
     conn.execute(
-        update(deliveries)
+        update(table)
         # ``attempts`` unchanged since our claim: nobody re-claimed it after the lease.
         .where(
-            deliveries.c.id == claim.id,
-            deliveries.c.status == DELIVERY_PENDING,
-            deliveries.c.attempts == claim.attempts,
+            table.c.id == claim.id,
+            table.c.status == DELIVERY_PENDING,
+            table.c.attempts == claim.attempts,
         )
         .values(
             status=DELIVERY_FAILED if give_up else DELIVERY_PENDING,
@@ -525,3 +523,107 @@ def requeue_failed_deliveries(
 
 def severity_label(value: int) -> str:
     return Severity(value).label
+
+
+def for_payments(
+    conn: Connection, payment_ids: Sequence[str], *, limit: int = 20
+) -> list[dict[str, Any]]:
+    """Tickets of these payments: open ones first (most severe), then the latest resolved."""
+    if not payment_ids:
+        return []
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(payment_ids), 500):
+        chunk = list(payment_ids[start : start + 500])
+        rows = conn.execute(
+            select(tickets).where(tickets.c.payment_id.in_(chunk)).order_by(tickets.c.id.desc())
+        ).mappings()
+        out.extend(dict(r) for r in rows)
+    out.sort(key=lambda t: (t["status"] != OPEN, -int(t["severity"]), -int(t["id"])))
+    return out[:limit]
+
+
+# --------------------------------------------------------------------------- customer updates
+
+
+@dataclass(frozen=True)
+class CustomerChange:
+    """Something a customer may be waiting to hear about, and what to tell them."""
+
+    payment_id: str
+    change: str  # credited | voided | reversed | dispute_opened | refund_after_credit
+    message: str | None
+    amount: int | None
+    currency: str | None
+    ticket_id: int | None = None
+    customer: str | None = None
+    customer_email: str | None = None
+    customer_name: str | None = None
+    balance: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.payment_id}:{self.change}"
+
+
+def queue_customer_update(conn: Connection, change: CustomerChange, now: datetime) -> bool:
+    """Queue a customer.update on the caller's transaction; False when this change was
+    queued before (so it is never sent twice)."""
+    insert = (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
+    result = conn.execute(
+        insert(customer_updates)
+        .values(
+            change_key=change.key[:300],
+            change=change.change,
+            payment_id=change.payment_id,
+            ticket_id=change.ticket_id,
+            customer=change.customer,
+            customer_email=change.customer_email,
+            customer_name=change.customer_name,
+            balance=change.balance,
+            amount=change.amount,
+            currency=change.currency,
+            message=change.message,
+            status=DELIVERY_PENDING,
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["change_key"])
+    )
+    return bool(result.rowcount)
+
+
+def claim_customer_updates(
+    conn: Connection, *, now: datetime, limit: int, lease_until: datetime
+) -> list[DeliveryClaim]:
+    """Due customer updates, claimed like ticket deliveries (attempt counted, row leased)."""
+    cu = customer_updates.c
+    due = (
+        select(cu.id)
+        .where(cu.status == DELIVERY_PENDING, cu.next_attempt_at <= now)
+        .order_by(cu.next_attempt_at, cu.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = (
+        conn.execute(
+            update(customer_updates)
+            .where(cu.id.in_(due.scalar_subquery()))
+            .values(attempts=cu.attempts + 1, next_attempt_at=lease_until)
+            .returning(*customer_updates.c)
+        )
+        .mappings()
+        .all()
+    )
+    return [
+        DeliveryClaim(
+            id=int(r["id"]),
+            sink=CUSTOMER_UPDATE_SINK,
+            severity=0,
+            attempts=int(r["attempts"]),
+            event=EVENT_CUSTOMER_UPDATE,
+            ticket=dict(r),
+            kind="customer_update",
+        )
+        for r in sorted(rows, key=lambda r: int(r["id"]))
+    ]

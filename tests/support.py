@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Connection, Engine, create_engine, func, select, text
 
 from ledger.model import NewTransaction
+from ledger.protocol import Ledger
 from ledger.sql import SqlLedger
 from reconcile.guard import Guard
 from reconcile.model import Policy
@@ -74,13 +75,14 @@ def make_services(
     guard: Guard | None = None,
     rate: float = 1000.0,
     gateway_kw: dict[str, Any] | None = None,
+    ledger_for: Callable[[Connection], Ledger] = SqlLedger,
     **kw: Any,
 ) -> Services:
     limiter = LocalRateLimiter(rate)
     gkw = {"backoff_initial": 0.01, "backoff_max": 0.2, **(gateway_kw or {})}
     return Services(
         engine=engine,
-        ledger_for=SqlLedger,
+        ledger_for=ledger_for,
         new_gateway=lambda: StripeGateway(api_key, stripe_url, limiter, **gkw),
         policy=policy or Policy(),
         guard=guard or Guard(),
@@ -116,6 +118,43 @@ def seed_entry(
         )
         if status == "VOID":
             ledger.void(reference)
+
+
+def seed_blnk_entry(
+    state: Any,
+    reference: str,
+    amount: int,
+    currency: str = "USD",
+    *,
+    created: datetime,
+    destination: str,
+    source: str = "@stripe",
+    status: str = "INFLIGHT",
+    metadata: dict[str, Any] | None = None,
+) -> None:
+    """An entry as an application writes it into Blnk (``state``: a tests.blnk_server
+    BlnkState), backdated to ``created``: precise_amount at the currency's precision,
+    skip_queue, the ``@stripe`` side allowed to go negative."""
+    from ledger.money import exponent
+
+    body: dict[str, Any] = {
+        "reference": reference,
+        "precise_amount": amount,
+        "precision": 10 ** exponent(currency),
+        "currency": currency,
+        "source": source,
+        "destination": destination,
+        "description": f"top-up {reference}",
+        "inflight": status != "APPLIED",
+        "skip_queue": True,
+        "allow_overdraft": source.startswith("@"),
+    }
+    if metadata:
+        body["meta_data"] = dict(metadata)
+    code, txn = state.create_transaction(body, at=created)
+    assert code == 201, txn
+    if status == "VOID":
+        state.update_inflight(txn["transaction_id"], "void", None, skip_queue=True, at=created)
 
 
 def epoch(when: datetime) -> int:

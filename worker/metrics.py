@@ -31,6 +31,7 @@ from prometheus_client import (
 
 __all__ = [
     "ACTIONS",
+    "BLNK_REQUESTS",
     "CONTENT_TYPE_LATEST",
     "ENQUEUE_FAILURES",
     "INBOX_LAG",
@@ -41,6 +42,7 @@ __all__ = [
     "TICKETS_OPENED",
     "WEBHOOKS",
     "WEBHOOK_OUTCOMES",
+    "blnk_request",
     "count_action",
     "count_enqueue_failure",
     "count_run",
@@ -92,6 +94,11 @@ STRIPE_REQUESTS = Counter(
     "Stripe API requests by endpoint and outcome (ok, not_found, rate_limited, ...)",
     ["endpoint", "outcome"],
 )
+BLNK_REQUESTS = Counter(
+    "recon_blnk_requests_total",
+    "Blnk API requests (RECON_LEDGER=blnk) by endpoint and HTTP status (or error)",
+    ["endpoint", "outcome"],
+)
 RUNS = Counter("recon_runs_total", "Job runs by job and final status", ["job", "status"])
 TASK_DURATION = Histogram(
     "recon_task_duration_seconds",
@@ -129,6 +136,10 @@ def count_ticket(kind: str, severity: str | int) -> None:
 
 def stripe_request(endpoint: str, outcome: str) -> None:
     STRIPE_REQUESTS.labels(endpoint=endpoint, outcome=outcome).inc()
+
+
+def blnk_request(endpoint: str, outcome: str) -> None:
+    BLNK_REQUESTS.labels(endpoint=endpoint, outcome=outcome).inc()
 
 
 def count_run(job: str, status: str) -> None:

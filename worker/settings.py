@@ -97,6 +97,9 @@ class Settings(BaseSettings):
         SecretStr(""), validation_alias=_env("RECON_TICKET_WEBHOOK_SECRET")
     )
     slack_webhook_url: str | None = Field(None, validation_alias=_env("RECON_SLACK_WEBHOOK_URL"))
+    # Signed customer.update messages to the ticket webhook sink, so the application can
+    # tell a customer their top-up went through (or did not) before they ask.
+    customer_updates: bool = Field(False, validation_alias=_env("RECON_CUSTOMER_UPDATES"))
 
     sweep_interval: Duration = Field(
         timedelta(minutes=5), validation_alias=_env("RECON_SWEEP_INTERVAL")
@@ -174,6 +177,30 @@ class Settings(BaseSettings):
     @property
     def connect_accounts(self) -> frozenset[str]:
         return frozenset(a.strip() for a in self.stripe_accounts.split(",") if a.strip())
+
+    # The CX console (worker.console): its own app and port, see README "CX console".
+    console_secret: SecretStr = Field(SecretStr(""), validation_alias=_env("RECON_CONSOLE_SECRET"))
+    # Sign-in through an authenticating reverse proxy: the header naming the operator's
+    # email, believed only from these peer addresses/CIDRs (comma-separated).
+    console_auth_header: str | None = Field(
+        None, validation_alias=_env("RECON_CONSOLE_AUTH_HEADER")
+    )
+    console_trusted_proxies: str = Field("", validation_alias=_env("RECON_CONSOLE_TRUSTED_PROXIES"))
+    console_session_idle: Duration = Field(
+        timedelta(minutes=30), validation_alias=_env("RECON_CONSOLE_SESSION_IDLE")
+    )
+    console_session_max: Duration = Field(
+        timedelta(hours=12), validation_alias=_env("RECON_CONSOLE_SESSION_MAX")
+    )
+    console_login_window: Duration = Field(
+        timedelta(minutes=15), validation_alias=_env("RECON_CONSOLE_LOGIN_WINDOW")
+    )
+    console_login_max_failures: int = Field(
+        5, validation_alias=_env("RECON_CONSOLE_LOGIN_MAX_FAILURES"), ge=1
+    )
+    console_login_max_failures_per_address: int = Field(
+        20, validation_alias=_env("RECON_CONSOLE_LOGIN_MAX_FAILURES_PER_ADDRESS"), ge=1
+    )
 
     @property
     def webhook_secrets(self) -> list[str]:

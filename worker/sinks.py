@@ -157,6 +157,28 @@ def webhook_payload(
     }
 
 
+def customer_update_payload(update: Mapping[str, Any], *, delivery_id: int) -> dict[str, Any]:
+    """What the application receives to notify its customer (email, push...)."""
+    return {
+        "event": tickets.EVENT_CUSTOMER_UPDATE,
+        "delivery_id": f"customer-update:{delivery_id}",
+        "change": update["change"],
+        "payment_id": update["payment_id"],
+        "ticket_id": update.get("ticket_id"),
+        "customer": {
+            "stripe_customer": update.get("customer"),
+            "email": update.get("customer_email"),
+            "name": update.get("customer_name"),
+            "balance": update.get("balance"),
+        },
+        "amount": update.get("amount"),
+        "currency": update.get("currency"),
+        "amount_formatted": _formatted(update),
+        "message": update.get("message"),
+        "occurred_at": update.get("created_at"),
+    }
+
+
 _EMOJI = {1: ":information_source:", 2: ":warning:", 3: ":rotating_light:", 4: ":fire:"}
 
 
@@ -248,14 +270,16 @@ def _send_webhook(session: requests.Session, settings: Settings, claim: Delivery
     url = settings.ticket_webhook_url
     if not url:
         raise SendError("webhook sink not configured")
-    body = json.dumps(
-        webhook_payload(
+    if claim.kind == "customer_update":
+        payload = customer_update_payload(claim.ticket, delivery_id=claim.id)
+        delivery = str(payload["delivery_id"])
+    else:
+        payload = webhook_payload(
             claim.ticket, delivery_id=claim.id, severity=claim.severity, event=claim.event
-        ),
-        default=_json_default,
-        separators=(",", ":"),
-    ).encode()
-    headers = {DELIVERY_HEADER: str(claim.id)}
+        )
+        delivery = str(claim.id)
+    body = json.dumps(payload, default=_json_default, separators=(",", ":")).encode()
+    headers = {DELIVERY_HEADER: delivery}
     secret = settings.ticket_webhook_secret.get_secret_value()
     if secret:
         # Wall-clock time, not the task's ``now``: receivers check it against their clock.
@@ -330,6 +354,12 @@ def deliver_due(
         claims = tickets.claim_deliveries(
             conn, now=now, limit=limit, lease_until=now + _lease(limit)
         )
+    if settings.customer_updates and len(claims) < limit:
+        # customer.update messages ride the same machinery: signed, retried, recorded.
+        with engine.begin() as conn:
+            claims += tickets.claim_customer_updates(
+                conn, now=now, limit=limit - len(claims), lease_until=now + _lease(limit)
+            )
     if not claims:
         return counts
     counts["claimed"] = len(claims)
@@ -363,7 +393,10 @@ def deliver_due(
 
 
 def _record(engine: Engine, claim: DeliveryClaim, now: datetime, error: str | None) -> str:
-    fields = {"delivery_id": claim.id, "ticket_id": claim.ticket["id"], "sink": claim.sink}
+    fields = {"delivery_id": claim.id, "sink": claim.sink, "kind": claim.kind}
+    fields["ticket_id"] = (
+        claim.ticket.get("ticket_id") if claim.kind != "ticket" else claim.ticket["id"]
+    )
     if error is None:
         with engine.begin() as conn:
             tickets.mark_delivered(conn, claim, now)

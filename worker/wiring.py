@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection
 
+from ledger.blnk import BlnkClient, BlnkLedger
 from ledger.protocol import Ledger
 from ledger.sql import SqlLedger
 from reconcile.guard import Guard
@@ -35,16 +36,41 @@ def sinks_of(settings: Settings) -> tuple[str, ...]:
 
 
 def ledger_factory(settings: Settings) -> Callable[[Connection], Ledger]:
-    """The configured ledger, bound to a connection of the service's database."""
-    if settings.ledger != "sql":
+    """What binds a ledger to a connection: SqlLedger, or BlnkLedger over one shared client.
+
+    The Blnk key goes into the client and nowhere else: never into a message or a log.
+    """
+    if settings.ledger == "sql":
+        return SqlLedger
+    url = (settings.blnk_url or "").strip()
+    key = settings.blnk_api_key.get_secret_value().strip()
+    if not url:
         raise ConfigError(
-            f"RECON_LEDGER={settings.ledger!r} is not available in this build; use 'sql'"
+            "RECON_LEDGER=blnk needs BLNK_URL (Blnk Core's address, e.g. http://blnk:5001)"
         )
-    return SqlLedger
+    if not url.startswith(("http://", "https://")):
+        # Not echoed: a URL may carry credentials.
+        raise ConfigError("BLNK_URL must start with http:// or https:// (e.g. http://blnk:5001)")
+    if not key:
+        raise ConfigError(
+            "RECON_LEDGER=blnk needs BLNK_API_KEY (scopes: transactions:read, "
+            "transactions:write, balances:read)"
+        )
+    client = BlnkClient(url, key, on_request=metrics.blnk_request)
+
+    def blnk_ledger(conn: Connection) -> Ledger:
+        return BlnkLedger(conn, client)
+
+    return blnk_ledger
 
 
 def build_services(settings: Settings) -> Services:
     ledger_for = ledger_factory(settings)
+    if settings.customer_updates and not settings.ticket_webhook_url:
+        raise ConfigError(
+            "RECON_CUSTOMER_UPDATES is on but RECON_TICKET_WEBHOOK_URL is not set: "
+            "customer.update messages go to the ticket webhook sink"
+        )
     engine = engine_for(settings.database_url)
     limiter: RateLimiter = make_rate_limiter(settings.redis_url, settings.stripe_global_rate)
     endpoints = EndpointLimiters(settings.redis_url, settings.stripe_endpoint_rate_limit)
@@ -74,6 +100,7 @@ def build_services(settings: Settings) -> Services:
             max_ticket_share=settings.max_ticket_share,
         ),
         sinks=sinks_of(settings),
+        customer_updates=settings.customer_updates,
         dashboard_base=settings.dashboard_base,
         sweep_min_age=settings.sweep_min_age,
         sweep_batch=settings.sweep_batch,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from ledger.model import TxnStatus
 from reconcile import inbox, tickets
@@ -86,7 +88,7 @@ def process_event(
                 with svc.engine.begin() as conn:
                     inbox.mark_processed(conn, event_id, svc.clock())
             return ProcessOutcome("processed", "waits for the sweep (no Stripe read)", pid)
-        payment = _payment_for_event(svc, row, pid, gw)
+        payment = payment_for_event(svc, row.payload, pid, gw)
         p = Pass(svc, run=run, actor=actor, dry_run=dry_run, guarded=False, evidence=evidence)
         outcome = p.apply(pid, payment)
         if outcome.error:
@@ -159,11 +161,15 @@ def _wait_only(svc: Services, row: inbox.InboxRow, pid: str, now: datetime) -> b
     return txn.status is TxnStatus.INFLIGHT and now - txn.created_at < svc.sweep_min_age
 
 
-def _payment_for_event(
-    svc: Services, row: inbox.InboxRow, pid: str, gateway: StripeGateway | None
+def payment_for_event(
+    svc: Services, payload: Mapping[str, Any], pid: str, gateway: StripeGateway | None
 ) -> Payment | None:
-    payload = row.payload
-    obj = row.data_object
+    """What Stripe says about the event's payment: the payload when it is authoritative
+    (a terminal status, the entry still INFLIGHT, the evidence complete), else a fresh read
+    with the charge expanded."""
+    data = payload.get("data")
+    obj = data.get("object") if isinstance(data, Mapping) else None
+    obj = obj if isinstance(obj, Mapping) else {}
     if (
         not inbox.is_thin(payload)
         and obj.get("object") == "payment_intent"
@@ -177,9 +183,15 @@ def _payment_for_event(
             txn = svc.ledger_for(conn).find_linked(pid)
         if txn is not None and txn.status is TxnStatus.INFLIGHT:
             version = payload.get("api_version")
-            return payment_from_stripe(
-                obj, api_version=version if isinstance(version, str) else None
-            )
+            rendered_in = version if isinstance(version, str) else None
+            seen = payment_from_stripe(obj, api_version=rendered_in)
+            # A payload without the evidence (an old version's, without amount_received)
+            # is no reason for a ticket while Stripe can still be asked.
+            if not seen.problems and (
+                seen.status is PaymentStatus.CANCELED
+                or (seen.amount_received is not None and seen.currency is not None)
+            ):
+                return seen
     payment = (gateway or svc.new_gateway()).retrieve(pid)
     if payment is not None and obj.get("object") == "radar.early_fraud_warning":
         # The warning itself is the evidence: the PaymentIntent does not show it.
@@ -248,7 +260,9 @@ def replay_event(
     status = finish(svc, state, gw)
     svc.hooks.run(state.job, status)
     plan = [res.outcome.as_plan()] if res is not None and res.outcome else []
-    result = RunResult(state.id, status, dict(state.counts), list(state.errors), plan)
+    result = RunResult(
+        state.id, status, dict(state.counts), list(state.errors), plan, dry_run=dry_run
+    )
     if res is None:
         return ReplayResult(result, event_id, "failed", "", None, fetched)
     return ReplayResult(

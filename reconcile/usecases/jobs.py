@@ -14,17 +14,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ledger.errors import TransientError
 from ledger.model import Transaction
 from reconcile import inbox, runs
-from reconcile.engine import Item, Pass, linked_payment_id
+from reconcile.engine import Item, Pass, linked_payment_id, load_adjustments
 from reconcile.guard import GuardTripped
 from reconcile.model import Payment, PaymentStatus
 from reconcile.ports import Services
 from reconcile.runs import RunResult, RunState
 from reconcile.stripe_batch import fetch_many
-from reconcile.stripe_gateway import StripeGateway, StripeUnavailable
+from reconcile.stripe_gateway import EVENTS_RETENTION, StripeGateway, StripeUnavailable
 from reconcile.usecases.errors import BadRequest, NotFound
-from reconcile.usecases.events import process_event, replay_event
+from reconcile.usecases.events import payment_for_event, replay_event
 from reconcile.usecases.lifecycle import begin, cut_short, end, fail
 from reconcile.usecases.payments import reconcile_payment
 
@@ -93,19 +94,26 @@ def run_sweep(
     try:
         while limit is None or done < limit:
             size = svc.sweep_batch if limit is None else min(svc.sweep_batch, limit - done)
-            with svc.engine.begin() as conn:
-                ledger = svc.ledger_for(conn)
-                if dry_run:
-                    batch = list(ledger.list_inflight(cutoff, size, after))
-                else:
-                    # Claimed rows are skipped by other sweepers until the lease ends, so
-                    # two workers never take the same entry; a crash just lets it lapse.
-                    batch = list(
-                        ledger.claim_inflight(cutoff, size, svc.claim_lease, svc.clock(), after)
-                    )
-                    # Named on the run in the same transaction: if this worker dies holding
-                    # them, the run that finds it dead gives them back (lifecycle.py).
-                    runs.note_claims(conn, state.id, [t.reference for t in batch])
+            try:
+                with svc.engine.begin() as conn:
+                    ledger = svc.ledger_for(conn)
+                    if dry_run:
+                        batch = list(ledger.list_inflight(cutoff, size, after))
+                    else:
+                        # Claimed rows are skipped by other sweepers until the lease ends,
+                        # so two workers never take the same entry; a crash lets it lapse.
+                        batch = list(
+                            ledger.claim_inflight(cutoff, size, svc.claim_lease, svc.clock(), after)
+                        )
+                        # Named on the run in the same transaction: if this worker dies
+                        # holding them, the run that finds it dead gives them back
+                        # (lifecycle.py).
+                        runs.note_claims(conn, state.id, [t.reference for t in batch])
+            except TransientError as exc:
+                # The books could not be read (Blnk down): nothing was decided, the next
+                # sweep finds the same entries.
+                cut_short(state, p, "sweep", exc)
+                break
             if not batch:
                 break
             after = (batch[-1].created_at, batch[-1].id)
@@ -114,7 +122,7 @@ def run_sweep(
                 p.handle(
                     [Item(linked_payment_id(t), fetched[linked_payment_id(t)], t) for t in batch]
                 )
-            except (StripeUnavailable, GuardTripped) as exc:
+            except (StripeUnavailable, GuardTripped, TransientError) as exc:
                 _release(svc, state, batch, dry_run)
                 cut_short(state, p, "sweep", exc)
                 break
@@ -141,6 +149,9 @@ def _release(svc: Services, state: RunState, batch: Sequence[Transaction], dry_r
 # -- catch-up -------------------------------------------------------------------------------
 
 
+CATCH_UP_BATCH = 100  # events planned, guarded and acted on together (one list page)
+
+
 def run_catch_up(
     svc: Services,
     *,
@@ -153,11 +164,18 @@ def run_catch_up(
 ) -> RunResult:
     """Events from Stripe's Events API since the cursor, fed into the same inbox.
 
+    Guarded like the sweep: each page of new events is planned first (which payments would
+    be committed, voided, ticketed), checked against the blast-radius guard, and only then
+    acted on and stored.  A page the guard stops is neither acted on nor stored, and the
+    cursor stays before it, so the next run meets it again.
+
     With no stored cursor (a first run) it reads ``svc.catch_up_first_window`` back.  The
-    cursor moves only as far as events were really read: a run that lists none leaves it
-    where it was, and a partial run resumes from the last event it stored.
+    cursor moves only forward and only as far as events were really handled: a run that
+    lists none leaves it where it was, and a partial run resumes from the last page it
+    stored.
     """
     now = svc.clock()
+    notes: list[str] = []
     with svc.engine.connect() as conn:
         cursor = runs.get_cursor(conn, CATCH_UP_CURSOR)
     # Only ever forward: an on-call catch-up of an older window leaves the cursor alone.
@@ -168,39 +186,46 @@ def run_catch_up(
             if stored is not None
             else now - svc.catch_up_first_window
         )
+    elif since > now:
+        raise BadRequest(f"--since {since.isoformat(timespec='seconds')} is in the future")
     # Stripe keeps 30 days of events; asking for older ones silently returns fewer.
-    oldest = now - timedelta(days=30)
-    clamped = since < oldest
-    since = max(since, oldest)
+    oldest = now - EVENTS_RETENTION
+    if since < oldest:
+        notes.append(
+            f"window clamped to 30 days: Stripe keeps events for 30 days, so the catch-up "
+            f"starts at {oldest.isoformat(timespec='seconds')}, not "
+            f"{since.isoformat(timespec='seconds')}"
+        )
+        since = oldest
     state = begin(svc, "catch_up", trigger, actor, dry_run, window=(since, now), rerun_of=rerun_of)
-    if clamped:
-        state.counts["window_clamped_to_30d"] = 1
+    state.notes.extend(notes)
     gw = svc.new_gateway()
-    p = Pass(svc, run=state, actor=actor, dry_run=dry_run, guarded=False)
+    p = Pass(svc, run=state, actor=actor, dry_run=dry_run, evidence={"source": "catch_up"})
     newest: int | None = None
+    batch: list[dict[str, Any]] = []
     seen = 0
+
+    def flush() -> None:
+        nonlocal newest
+        if batch:
+            _catch_up_batch(svc, p, gw, state, batch, dry_run)
+            created = [e["created"] for e in batch if isinstance(e.get("created"), int)]
+            newest = max([*created, *([newest] if newest is not None else [])], default=None)
+            batch.clear()
+
     try:
         try:
             for event in gw.events_since(int(since.timestamp()), CATCH_UP_TYPES):
                 seen += 1
                 state.counts["events_listed"] += 1
-                with svc.engine.begin() as conn:
-                    nested = conn.begin_nested()
-                    is_new = inbox.store_event(conn, event, source="catch_up", now=svc.clock())
-                    if dry_run:
-                        nested.rollback()
-                    else:
-                        nested.commit()
-                if is_new:
-                    state.counts["events_new"] += 1
-                    if not dry_run:
-                        _process_inline(svc, event["id"], actor, gw, state)
-                created = event.get("created")
-                if isinstance(created, int) and (newest is None or created > newest):
-                    newest = created
+                batch.append(event)
+                if len(batch) >= CATCH_UP_BATCH:
+                    flush()
                 if progress is not None:
                     progress(seen)
-        except StripeUnavailable as exc:
+            flush()
+        except (StripeUnavailable, GuardTripped) as exc:
+            batch.clear()
             cut_short(state, p, "catch_up", exc)
         advanced = newest is not None and (stored is None or newest > stored)
         if advanced and not dry_run:
@@ -215,18 +240,68 @@ def run_catch_up(
     return end(svc, state, gw, p)
 
 
-def _process_inline(
-    svc: Services, event_id: str, actor: str, gw: StripeGateway, state: RunState
+def _catch_up_batch(
+    svc: Services,
+    p: Pass,
+    gw: StripeGateway,
+    state: RunState,
+    batch: Sequence[dict[str, Any]],
+    dry_run: bool,
 ) -> None:
-    try:
-        res = process_event(svc, event_id, actor=actor, gateway=gw, run=state)
-    except StripeUnavailable:
-        raise
-    except Exception as exc:  # one bad event must not stop the catch-up
-        state.errors.append(f"{event_id}: {type(exc).__name__}: {exc}")
-        state.counts["errors"] += 1
+    """Plan, guard and act on one page of events, then store them (raises GuardTripped)."""
+    with svc.engine.connect() as conn:
+        known = inbox.known_ids(conn, [str(e["id"]) for e in batch])
+    fresh: dict[str, dict[str, Any]] = {}
+    for event in batch:
+        if str(event["id"]) not in known:
+            fresh.setdefault(str(event["id"]), event)
+    state.counts["events_new"] += len(fresh)
+    # Events come oldest first: the last one of a payment is the one that counts.
+    latest: dict[str, dict[str, Any]] = {}
+    for event in fresh.values():
+        pid = inbox.event_payment_id(event)
+        if pid is not None and inbox.initial_status(event) == "pending":
+            latest[pid] = event
+    payments: dict[str, Payment | None] = {}
+    unread: dict[str, str] = {}
+    for pid, event in latest.items():
+        try:
+            payments[pid] = payment_for_event(svc, event, pid, gw)
+        except StripeUnavailable:
+            raise
+        except Exception as exc:  # one bad payment must not stop the catch-up
+            unread[pid] = f"{pid}: {type(exc).__name__}: {exc}"
+            state.errors.append(unread[pid])
+            state.counts["errors"] += 1
+    for pid in unread:
+        del latest[pid]
+    with svc.engine.connect() as conn:
+        ledger = svc.ledger_for(conn)
+        found = ledger.find_linked_many(list(latest))
+        adjusted = load_adjustments(ledger, found)
+    done = len(p.outcomes)
+    p.handle(
+        [Item(pid, payments[pid], found.get(pid), tuple(adjusted.get(pid, ()))) for pid in latest]
+    )
+    errors = {o.payment_id: o.error for o in p.outcomes[done:] if o.error} | unread
+    for event in fresh.values():
+        pid = inbox.event_payment_id(event)
+        acted = pid is not None and (pid in latest or pid in unread)
+        status = "failed" if acted and pid in errors else "processed" if acted else "ignored"
+        state.counts["events_" + status] += 1
+    if dry_run or not fresh:
         return
-    state.counts["events_" + res.status] += 1
+    with svc.engine.begin() as conn:
+        now = svc.clock()
+        inbox.store_events(conn, list(fresh.values()), source="catch_up", now=now)
+        for event_id, event in fresh.items():
+            pid = inbox.event_payment_id(event)
+            if pid is None or (pid not in latest and pid not in unread):
+                continue
+            if pid in errors:
+                inbox.mark_failed(conn, event_id, str(errors[pid]), now)
+            else:
+                inbox.mark_processed(conn, event_id, now)
 
 
 # -- missing-record scan --------------------------------------------------------------------
@@ -273,8 +348,12 @@ def run_scan(
         if not page:
             return
         with svc.engine.connect() as conn:
-            found = svc.ledger_for(conn).find_linked_many([pay.id for pay in page])
-        p.handle([Item(pay.id, pay, found.get(pay.id)) for pay in page])
+            ledger = svc.ledger_for(conn)
+            found = ledger.find_linked_many([pay.id for pay in page])
+            adjusted = load_adjustments(ledger, found)
+        p.handle(
+            [Item(pay.id, pay, found.get(pay.id), tuple(adjusted.get(pay.id, ()))) for pay in page]
+        )
         oldest_done = min((pay.created for pay in page if pay.created), default=oldest_done)
         page.clear()
 
@@ -289,7 +368,7 @@ def run_scan(
                 if progress is not None:
                     progress(seen)
             flush()
-        except (StripeUnavailable, GuardTripped) as exc:
+        except (StripeUnavailable, GuardTripped, TransientError) as exc:
             page.clear()
             cut_short(state, p, "scan_missing", exc)
             state.resume = {

@@ -18,6 +18,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
+from ledger.errors import TransientError
 from reconcile import runs
 from reconcile.engine import Pass
 from reconcile.guard import GuardTripped
@@ -182,6 +183,10 @@ def end(svc: Services, state: RunState, gateway: StripeGateway | None, p: Pass |
         counts=dict(state.counts),
         errors=list(state.errors),
         plan=p.plan() if p else [],
+        dry_run=state.dry_run,
+        cut_short=state.cut_short,
+        guard=state.guard,
+        notes=list(state.notes),
     )
 
 
@@ -202,7 +207,9 @@ def cut_short(state: RunState, p: Pass, job: str, exc: Exception) -> None:
     """Record why a run stopped early; the guard's reason also becomes an incident ticket."""
     if isinstance(exc, GuardTripped):
         state.cut_short = f"blast-radius guard: {exc.why}"
+        state.guard = exc.why
         p.open_incident(job, exc.why)
     else:
-        state.cut_short = f"stripe: {exc}"
+        source = "ledger" if isinstance(exc, TransientError) else "stripe"
+        state.cut_short = f"{source}: {exc}"
         state.errors.append(f"{type(exc).__name__}: {exc}")

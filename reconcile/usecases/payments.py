@@ -6,6 +6,7 @@ from reconcile.engine import Pass, PaymentOutcome
 from reconcile.ports import Services
 from reconcile.runs import RunResult
 from reconcile.stripe_gateway import StripeGateway
+from reconcile.usecases.errors import NotFound
 from reconcile.usecases.lifecycle import begin, end, fail
 
 
@@ -19,8 +20,18 @@ def reconcile_payment(
     gateway: StripeGateway | None = None,
     rerun_of: int | None = None,
 ) -> tuple[RunResult, PaymentOutcome]:
-    """Re-read one payment on Stripe and reconcile it."""
+    """Re-read one payment on Stripe and reconcile it.
+
+    NotFound (and no run recorded) when neither Stripe nor the ledger knows the id: a typo
+    is bad input, not a reconciliation that found nothing to do.
+    """
     gw = gateway or svc.new_gateway()
+    payment = gw.retrieve(payment_id)
+    if payment is None:
+        with svc.engine.connect() as conn:
+            known = svc.ledger_for(conn).find_linked(payment_id)
+        if known is None:
+            raise NotFound(f"{payment_id} is neither on Stripe nor in the ledger")
     state = begin(
         svc,
         "payment",
@@ -32,7 +43,6 @@ def reconcile_payment(
     )
     p = Pass(svc, run=state, actor=actor, dry_run=dry_run, guarded=False)
     try:
-        payment = gw.retrieve(payment_id)
         outcome = p.apply(payment_id, payment)
     except BaseException as exc:
         fail(svc, state, gw, exc)

@@ -1,6 +1,6 @@
 """``make bench``: the ledger, reconciliation and intake benchmarks, one summary.
 
-    python -m tests.bench [--only ledger|reconcile|intake] [--quick] [--out PATH]
+    python -m tests.bench [--only ledger|reconcile|intake|customer] [--quick] [--out PATH]
 
 Everything runs on localhost against the test PostgreSQL (throwaway databases/schemas,
 dropped after).  The full run is sized to finish in about three minutes on 2 cores;
@@ -23,7 +23,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "bench-results" / "latest.json"
-NAMES = ("ledger", "reconcile", "intake")
+NAMES = ("ledger", "reconcile", "intake", "customer")
 
 
 def _ledger(quick: bool) -> tuple[dict[str, Any], str]:
@@ -76,10 +76,18 @@ def _intake(quick: bool) -> tuple[dict[str, Any], str]:
     return res, "\n".join(lines)
 
 
+def _customer(quick: bool) -> tuple[dict[str, Any], str]:
+    from tests.bench import customer
+
+    res = customer.run(transactions=50_000, samples=40) if quick else customer.run()
+    return res, customer.table(res)
+
+
 RUNNERS: dict[str, Callable[[bool], tuple[dict[str, Any], str]]] = {
     "ledger": _ledger,
     "reconcile": _reconcile,
     "intake": _intake,
+    "customer": _customer,
 }
 
 
@@ -124,6 +132,15 @@ def summary(results: dict[str, Any]) -> str:
     for key, val in ink.items():
         if isinstance(val, dict) and "per_second" in val:
             rows.append(("intake", f"{key} /s", f"{val['per_second']:.0f}"))
+    cus = results.get("customer") or {}
+    if "by_email" in cus:
+        rows.append(
+            (
+                "customer",
+                f"lookup by email, {cus['transactions']:,} txns, p95 (target < 100 ms)",
+                f"{cus['by_email']['p95_ms']:.1f} ms (median {cus['by_email']['median_ms']:.1f})",
+            )
+        )
     for name, err in (results.get("errors") or {}).items():
         rows.append((name, "ERROR", err.splitlines()[-1][:60]))
     w = [max(len(r[i]) for r in rows) for i in range(3)]

@@ -4,78 +4,17 @@ Stripe-compatible server: what on-call and CX type, and what it does to the book
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, select
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-import worker.db
-import worker.settings
-import worker.wiring
 from ledger.sql import transactions
 from reconcile.tables import audit, runs, tickets
-from tests.stripe_server import run_server
 from tests.support import ago, epoch, seed_entry
-from worker.cli import app
-from worker.cli.context import app_state
 
 pytestmark = pytest.mark.integration
-
-Invoke = Callable[..., Result]
-
-
-def _fresh_state() -> None:
-    # Settings, engine and services are cached per process; each invocation must read the
-    # environment the test gives it.
-    app_state.__dict__.pop("settings", None)
-    app_state.__dict__.pop("engine", None)
-    worker.settings.get_settings.cache_clear()
-    worker.wiring.reset()
-
-
-@pytest.fixture
-def stripe() -> Iterator[Any]:
-    with run_server() as srv:
-        yield srv
-
-
-def _make_invoke(url: str, srv: Any) -> Invoke:
-    env = {
-        "RECON_DATABASE_URL": url,
-        "STRIPE_API_KEY": srv.api_key,
-        "RECON_STRIPE_API_BASE": srv.url,
-        "RECON_PROCESSING_SLA": "1h",
-        "RECON_FAILED_GRACE": "1h",
-    }
-
-    def invoke(*args: str, extra_env: dict[str, str] | None = None) -> Result:
-        _fresh_state()
-        return CliRunner().invoke(app, list(args), env={**env, **(extra_env or {})})
-
-    return invoke
-
-
-@pytest.fixture
-def pg(pg_schema: str, stripe: Any) -> Iterator[tuple[Engine, Invoke]]:
-    worker.db.upgrade(pg_schema)
-    engine = worker.db.engine_for(pg_schema)
-    yield engine, _make_invoke(pg_schema, stripe)
-    _fresh_state()
-    engine.dispose()
-    worker.db.engine_for.cache_clear()
-
-
-@pytest.fixture
-def lite(tmp_path: Any, stripe: Any) -> Iterator[tuple[Engine, Invoke]]:
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    worker.db.upgrade(url)
-    engine = worker.db.engine_for(url)
-    yield engine, _make_invoke(url, stripe)
-    _fresh_state()
-    engine.dispose()
-    worker.db.engine_for.cache_clear()
 
 
 def dump(engine: Engine, table: Any) -> list[dict[str, Any]]:
@@ -196,7 +135,7 @@ def test_runs_list_and_show_and_a_rerun_links_the_run_it_repeats(pg, stripe):
     assert again.exit_code == 1  # the unknown payment is still there: its ticket is bumped
     assert dump(engine, tickets)[0]["occurrences"] == 2
 
-    assert invoke("rerun", "9999").exit_code == 1
+    assert invoke("rerun", "9999").exit_code == 2  # an id that does not exist is bad input
     assert invoke("runs", "--job", "sweep").exit_code == 0
 
 
@@ -320,7 +259,7 @@ def test_replay_fetches_an_unknown_event_from_stripe_and_processes_it(pg, stripe
     assert result.exit_code == 0, result.output
     assert as_json(result)["event_status"] == "processed"
     assert txn(engine, "pi_ev")["status"] == "APPLIED"
-    assert invoke("replay", "evt_nope").exit_code == 1
+    assert invoke("replay", "evt_nope").exit_code == 2
 
 
 @pytest.mark.parametrize(
@@ -329,19 +268,87 @@ def test_replay_fetches_an_unknown_event_from_stripe_and_processes_it(pg, stripe
         (("sweep", "--older-than", "soon"), 2),
         (("scan", "--since", "yesterday", "--dry-run"), 2),
         (("scan", "--since", "1h", "--until", "2h", "--dry-run"), 2),
-        (("tickets", "show", "999"), 1),
-        (("tickets", "resolve", "999", "--action", "commit", "--note", "x"), 1),
+        (("tickets", "show", "999"), 2),
+        (("tickets", "resolve", "999", "--action", "commit", "--note", "x"), 2),
+        (("tickets", "resolve", "999", "--action", "none", "--note", "x"), 2),
+        (("tickets", "--kind", "stuck-payments"), 2),
+        (("tickets", "--status", "closed"), 2),
+        (("runs", "--job", "sweeep"), 2),
+        (("runs", "--status", "ok"), 2),
+        (("inbox", "--status", "stuck"), 2),
+        (("payment", "pi_nope"), 2),
+        (("payment", "pi_nope", "--dry-run"), 2),
+        (("ledger", "show", "pi_nope"), 2),
+        (("ledger", "void", "pi_nope", "--note", "x"), 2),
+        (("catch-up", "--since", "2099-01-01T00:00:00Z", "--dry-run"), 2),
+        (("scan", "--since", "2099-01-01T00:00:00Z", "--dry-run"), 2),
+        (("sweep", "--dry-run", "--by", "a\x1bb"), 2),
         (("tickets", "resolve", "1", "--action", "refund", "--note", "x"), 2),
         (("tickets", "--severity", "urgent"), 2),
-        (("runs", "show", "999"), 1),
+        (("runs", "show", "999"), 2),
+        (("rerun", "999"), 2),
+        (("replay", "evt_nope"), 2),
         (("report", "--since", "week"), 2),
     ],
 )
-def test_bad_input_exits_with_the_documented_code(pg, args, code):
-    _, invoke = pg
+def test_bad_input_exits_with_the_documented_code(db, args, code):
+    engine, invoke = db
+    runs_before = dump(engine, runs)
     result = invoke(*args)
     assert result.exit_code == code, result.output
-    assert "error" in result.stderr
+    assert result.stderr.startswith("error:") and result.stderr.count("\n") == 1, result.stderr
+    assert dump(engine, runs) == runs_before  # nothing recorded as done
+
+
+def test_a_filter_refusal_lists_the_valid_values(db):
+    _, invoke = db
+    kind = invoke("tickets", "--kind", "stuck-payments").stderr
+    assert "stuck_payment" in kind and "missing_record" in kind
+    job = invoke("runs", "--job", "sweeep").stderr
+    assert "sweep" in job and "catch_up" in job and "scan_missing" in job
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("tickets",),
+        ("tickets", "show", "1"),
+        ("runs",),
+        ("runs", "show", "1"),
+        ("report",),
+        ("inbox",),
+        ("customer", "praise@example.com"),
+        ("ledger", "balances"),
+        ("ledger", "show", "pi_1"),
+        ("ledger", "list"),
+        ("ledger", "check"),
+        ("payment", "pi_1", "--dry-run"),
+        ("sweep", "--dry-run"),
+        ("catch-up", "--dry-run"),
+        ("scan", "--since", "1h", "--dry-run"),
+        ("rerun", "1", "--dry-run"),
+        ("replay", "evt_1", "--dry-run"),
+        ("tickets", "resolve", "1", "--action", "none", "--note", "x"),
+        ("ledger", "void", "pi_1", "--note", "x"),
+        ("db", "current"),
+    ],
+)
+def test_a_database_that_is_down_or_not_migrated_is_one_line_in_every_command(
+    tmp_path, stripe, args
+):
+    from tests.integration.conftest import _make_invoke
+
+    empty = _make_invoke(f"sqlite:///{tmp_path / 'empty.db'}", stripe)
+    down = _make_invoke("postgresql+psycopg://postgres:s3cret@127.0.0.1:1/nope", stripe)
+    for invoke, says in ((empty, "recon db upgrade"), (down, "database unavailable")):
+        result = invoke(*args)
+        if args == ("db", "current") and invoke is empty:
+            assert result.exit_code == 0  # an empty database is an answer here
+            continue
+        assert result.exit_code == 1, (args, result.output)
+        assert says in result.stderr, (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+        assert "s3cret" not in result.output
 
 
 def test_a_missing_stripe_key_is_a_one_line_usage_error(pg):

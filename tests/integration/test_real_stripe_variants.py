@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
+from ledger.sql import SqlLedger
 from reconcile import inbox
 from reconcile.model import Policy
 from reconcile.ports import Hooks
@@ -20,6 +21,7 @@ from reconcile.usecases import process_event, run_catch_up, run_sweep
 from tests.integration.test_reconcile_scenario import (
     POLICY,
     ROOMY,
+    Books,
     check_end_state,
     run_all,
     seed,
@@ -52,17 +54,18 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 def test_the_scenario_ends_as_the_table_says_under_each_variant(
     pg_engine: Engine, account: dict[str, Any]
 ) -> None:
+    books = Books(pg_engine, SqlLedger)
     with run_server(**account) as stripe:
-        kinds = seed(pg_engine, stripe, per_kind=3)
-        svc = make_services(pg_engine, stripe.url, stripe.api_key, policy=POLICY, guard=ROOMY)
+        kinds = seed(books, stripe, per_kind=3)
+        svc = books.services(stripe, policy=POLICY, guard=ROOMY)
         first = run_all(svc)
         assert [r.status for r in first] == ["succeeded"] * 3, [r.errors for r in first]
-        check_end_state(pg_engine, kinds)
-        before = snapshot(pg_engine)
+        check_end_state(books, kinds)
+        before = books.snapshot()
         second = run_all(svc)
         assert all(r.counts.get("commit", 0) == r.counts.get("void", 0) == 0 for r in second)
-        assert snapshot(pg_engine) == before
-        check_end_state(pg_engine, kinds)
+        assert books.snapshot() == before
+        check_end_state(books, kinds)
 
 
 def store(engine: Engine, events: list[dict[str, Any]]) -> list[str]:

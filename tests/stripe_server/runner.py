@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import uvicorn
+from tests.threaded_server import ThreadedServer
 
 from .app import FakeStripe, ServerConfig
 from .state import StripeState
@@ -31,36 +28,10 @@ class RunningServer:
     ) -> None:
         self.fake = fake
         self.api_key = api_key
-        # Binding here rather than in uvicorn gives us the real port of port=0 before start.
-        # proto must be IPPROTO_TCP, not the default 0: asyncio only sets TCP_NODELAY on
-        # accepted sockets whose proto says TCP, and without it Nagle + delayed ACK add 40 ms
-        # to every response (uvicorn writes headers and body separately).
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
-        self.host, self.port = self._sock.getsockname()[:2]
-        self.url = f"http://{self.host}:{self.port}"
-        config = uvicorn.Config(
-            fake.app,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=2,
+        self._server = ThreadedServer(
+            fake.app, host=host, port=port, name="stripe-server", startup_timeout=startup_timeout
         )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [self._sock]},
-            name=f"stripe-server-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
-        deadline = time.monotonic() + startup_timeout
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"test Stripe server did not start on {self.url}")
-            time.sleep(0.005)
+        self.host, self.port, self.url = self._server.host, self._server.port, self._server.url
 
     @property
     def state(self) -> StripeState:
@@ -113,10 +84,7 @@ class RunningServer:
         )
 
     def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
-        self._sock.close()
+        self._server.stop()
 
     def __enter__(self) -> RunningServer:
         return self

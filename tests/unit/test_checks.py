@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from reconcile.checks import FixAction, check_fix
-from reconcile.model import Entry, EntryStatus, Payment, PaymentStatus, Policy
+from reconcile.model import (
+    Dispute,
+    DisputeStatus,
+    Entry,
+    EntryStatus,
+    Payment,
+    PaymentStatus,
+    Policy,
+)
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 POLICY = Policy()
@@ -23,7 +31,12 @@ def payment(status: PaymentStatus = PaymentStatus.SUCCEEDED, **kw: object) -> Pa
         "amount_received": 1000 if status is PaymentStatus.SUCCEEDED else 0,
         "currency": "USD",
         "created": NOW - timedelta(hours=3),
+        # An expanded charge: refunds and disputes known (none).
+        "amount_refunded": 0,
+        "disputes": (),
     }
+    if kw.pop("disputed", False):
+        fields["disputes"] = (Dispute("du_1", DisputeStatus.NEEDS_RESPONSE, 1000, "USD"),)
     fields.update(kw)
     return Payment(**fields)  # type: ignore[arg-type]
 
@@ -176,3 +189,114 @@ def test_an_allowed_commit_never_exceeds_what_is_left_or_what_stripe_received(
         assert verdict.amount is not None
         assert 0 < verdict.amount <= e.remaining
         assert committed + verdict.amount <= received
+
+
+# -- credit (paid but voided) and reverse (credited but failed, refund after credit) --------
+
+VOIDED = entry(EntryStatus.VOID)
+
+
+def test_a_paid_but_voided_payment_may_be_credited_what_stripe_received() -> None:
+    verdict = check_fix(FixAction.CREDIT, payment(), VOIDED, POLICY)
+    assert verdict.allowed and verdict.amount == 1000
+
+
+def test_a_credit_is_net_of_refunds_and_of_what_was_already_credited() -> None:
+    refunded = payment(amount_refunded=300)
+    assert check_fix(FixAction.CREDIT, refunded, VOIDED, POLICY).amount == 700
+    partly = entry(EntryStatus.VOID, committed_amount=400, voided_amount=600)
+    assert check_fix(FixAction.CREDIT, payment(), partly, POLICY).amount == 600
+
+
+@pytest.mark.parametrize(
+    ("stripe", "ledger", "why"),
+    [
+        (FAILED, VOIDED, "credit needs a succeeded payment"),
+        (None, VOIDED, "credit needs a succeeded payment"),
+        (payment(), None, "use create-record"),
+        (payment(), entry(), "commit it instead"),
+        (payment(disputed=True), VOIDED, "disputed"),
+        (payment(currency="EUR"), VOIDED, "currency USD differs"),
+        (payment(), entry(EntryStatus.APPLIED), "nothing left to credit"),
+        (payment(amount_refunded=1000), VOIDED, "nothing left to credit"),
+    ],
+)
+def test_a_credit_is_refused_when_stripe_or_the_ledger_contradicts_it(stripe, ledger, why) -> None:
+    verdict = check_fix(FixAction.CREDIT, stripe, ledger, POLICY)
+    assert verdict.refusal and why in verdict.refusal
+
+
+def test_a_credit_of_a_failed_payment_names_what_stripe_says() -> None:
+    verdict = check_fix(FixAction.CREDIT, FAILED, VOIDED, POLICY)
+    assert verdict.refusal and "is requires_payment_method" in verdict.refusal
+    assert "card_declined" in verdict.refusal
+
+
+@pytest.mark.parametrize("failed", [FAILED, payment(PaymentStatus.CANCELED)])
+def test_a_credit_whose_payment_failed_is_reversed_in_full(failed) -> None:
+    verdict = check_fix(FixAction.REVERSE, failed, entry(EntryStatus.APPLIED), POLICY)
+    assert verdict.allowed and verdict.amount == 1000
+
+
+def test_a_refund_after_credit_is_reversed_for_the_refunded_amount_only() -> None:
+    verdict = check_fix(
+        FixAction.REVERSE, payment(amount_refunded=250), entry(EntryStatus.APPLIED), POLICY
+    )
+    assert verdict.amount == 250
+
+
+def test_a_reversal_never_takes_back_more_than_was_credited() -> None:
+    partial = entry(EntryStatus.APPLIED, committed_amount=600, voided_amount=400)
+    assert check_fix(FixAction.REVERSE, FAILED, partial, POLICY).amount == 600
+    refunded = payment(amount_received=1000, amount_refunded=1000)
+    assert check_fix(FixAction.REVERSE, refunded, partial, POLICY).amount == 600
+
+
+@pytest.mark.parametrize(
+    ("stripe", "ledger", "why"),
+    [
+        (payment(), entry(EntryStatus.APPLIED), "no failure or refund to reverse"),
+        (payment(disputed=True), entry(EntryStatus.APPLIED), "no failure or refund"),
+        (None, entry(EntryStatus.APPLIED), "does not show the payment failed"),
+        (FAILED, None, "no ledger entry to reverse"),
+        (FAILED, entry(), "nothing credited"),
+        (FAILED, VOIDED, "nothing credited"),
+        (
+            FAILED,
+            entry(EntryStatus.APPLIED, reversed_amount=1000),
+            "nothing credited is left to reverse",
+        ),
+        (
+            payment(amount_refunded=500),
+            entry(EntryStatus.APPLIED, reversed_amount=300),
+            "already posted",
+        ),
+    ],
+)
+def test_a_reversal_is_refused_when_stripe_or_the_ledger_contradicts_it(
+    stripe, ledger, why
+) -> None:
+    verdict = check_fix(FixAction.REVERSE, stripe, ledger, POLICY)
+    assert verdict.refusal and why in verdict.refusal
+
+
+@given(
+    received=st.integers(0, 2000),
+    refunded=st.integers(0, 2000),
+    committed=st.integers(0, 1000),
+    failed=st.booleans(),
+)
+def test_a_reversal_is_never_more_than_what_is_credited_nor_more_than_stripe_took_back(
+    received: int, refunded: int, committed: int, failed: bool
+) -> None:
+    stripe = (
+        FAILED
+        if failed
+        else payment(amount_received=received, amount_refunded=min(refunded, received))
+    )
+    ledger = entry(EntryStatus.APPLIED, committed_amount=committed, voided_amount=1000 - committed)
+    verdict = check_fix(FixAction.REVERSE, stripe, ledger, POLICY)
+    if verdict.allowed:
+        assert verdict.amount is not None and 0 < verdict.amount <= committed
+        if not failed:
+            assert verdict.amount <= stripe.amount_refunded

@@ -485,6 +485,25 @@ def test_does_nothing_for_a_voided_entry_whose_payment_is_still_open(
     assert decision == Decision(Action.NOTHING, Reason.VOIDED_WHILE_PAYMENT_OPEN)
 
 
+def test_a_credit_reversed_by_a_person_matches_a_payment_that_failed() -> None:
+    reversed_ = entry(EntryStatus.APPLIED, committed_amount=1000, reversed_amount=1000)
+    assert decide(failed_payment(), reversed_, POLICY, NOW) == Decision(
+        Action.MATCHED, Reason.CREDIT_REVERSED, resolves=True
+    )
+    partly = replace(reversed_, reversed_amount=400)
+    assert decide(failed_payment(), partly, POLICY, NOW).reason is Reason.CREDITED_BUT_FAILED
+
+
+def test_a_refund_reversed_by_a_person_matches_and_a_further_refund_tickets_again() -> None:
+    applied = entry(EntryStatus.APPLIED, committed_amount=1000, reversed_amount=300)
+    refunded = replace(payment(received=1000), amount_refunded=300)
+    assert decide(refunded, applied, POLICY, NOW) == Decision(
+        Action.MATCHED, Reason.REFUND_REVERSED, resolves=True
+    )
+    more = replace(refunded, amount_refunded=500)
+    assert decide(more, applied, POLICY, NOW).reason is Reason.REFUND_AFTER_CREDIT
+
+
 # --- Every pair of states ------------------------------------------------------------------
 
 
@@ -569,7 +588,12 @@ def test_every_reason_is_reachable_and_snake_case() -> None:
             {"created": NOW - timedelta(days=6)},
         )
     ]
-    entries = [*all_entries(), entry(committed_amount=800, voided_amount=800)]
+    entries = [
+        *all_entries(),
+        entry(committed_amount=800, voided_amount=800),
+        entry(EntryStatus.APPLIED, committed_amount=1000, reversed_amount=1000),
+        entry(EntryStatus.APPLIED, committed_amount=1000, reversed_amount=100),
+    ]
     seen = {
         decide(p, e if e is None else replace(e, created_at=NOW - age), policy, NOW).reason
         for p in [None, *payments]

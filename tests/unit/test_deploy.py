@@ -81,6 +81,7 @@ COUNTERS_AND_GAUGES = frozenset(
         "recon_actions_total",
         "recon_tickets_opened_total",
         "recon_stripe_requests_total",
+        "recon_blnk_requests_total",
         "recon_runs_total",
     }
 )

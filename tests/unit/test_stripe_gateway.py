@@ -266,7 +266,9 @@ def make_gateway(
 
 
 def test_retrieve_returns_the_payment_with_its_latest_charge_expanded(fake, make_gateway, rsps):
-    charge = make_charge(amount_refunded=0, billing_details={"email": "ada@example.com"})
+    charge = make_charge(
+        amount_refunded=0, billing_details={"email": "ada@example.com", "name": "Ada Lovelace"}
+    )
     fake.add(make_pi("pi_ok", amount=2500, latest_charge=charge))
     gateway = make_gateway()
 
@@ -275,6 +277,7 @@ def test_retrieve_returns_the_payment_with_its_latest_charge_expanded(fake, make
     assert payment is not None
     assert (payment.id, payment.status, payment.amount) == ("pi_ok", PaymentStatus.SUCCEEDED, 2500)
     assert payment.customer_email == "ada@example.com"
+    assert payment.customer_name == "Ada Lovelace"  # the customer index learns the name
     assert fake.requests == [("retrieve", {"expand[0]": ["latest_charge"]})]
     assert rsps.calls[0].request.headers["Authorization"] == f"Bearer {API_KEY}"
     assert gateway.snapshot() == {"calls": 1, "rate_limited": 0, "errors": 0}

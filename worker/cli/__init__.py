@@ -2,17 +2,41 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from sqlalchemy.exc import DBAPIError
+from typer.core import TyperGroup
 
-from worker.cli import jobs_cmds, ledger_cmds, report_cmds, tickets_cmds
-from worker.cli.context import app_state
-from worker.cli.output import console, fail, print_json
+from reconcile.redact import redact
+from worker.cli import (
+    console_cmds,
+    customer_cmds,
+    inbox_cmds,
+    jobs_cmds,
+    ledger_cmds,
+    operators_cmds,
+    report_cmds,
+    tickets_cmds,
+)
+from worker.cli.context import app_state, database_problem
+from worker.cli.output import EXIT_ATTENTION, fail, print_json, say
 from worker.logs import configure_logging
+
+
+class _Recon(TyperGroup):
+    """Every command: a database that is down or not migrated is one line, never a trace."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DBAPIError as exc:
+            fail(database_problem(exc), EXIT_ATTENTION)
+
 
 app = typer.Typer(
     name="recon",
+    cls=_Recon,
     help="stripe-recon: keep the ledger honest about Stripe.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -22,8 +46,12 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(ledger_cmds.app, name="ledger", no_args_is_help=True)
 app.add_typer(tickets_cmds.app, name="tickets")
+app.add_typer(operators_cmds.app, name="operators")
+app.command()(console_cmds.console)
 jobs_cmds.register(app)
 app.command()(report_cmds.report)
+app.command()(customer_cmds.customer)
+app.command()(inbox_cmds.inbox)
 
 
 @app.callback()
@@ -66,13 +94,15 @@ def upgrade(
     before = current_revision(app_state.engine)
     try:
         do_upgrade(url, revision)
+    except DBAPIError as exc:
+        fail(f"migration failed: {database_problem(exc)}", EXIT_ATTENTION)
     except Exception as exc:
-        fail(f"migration failed: {exc}", 1)
+        fail(f"migration failed: {type(exc).__name__}: {redact(str(exc))}", EXIT_ATTENTION)
     after = current_revision(app_state.engine)
     if before == after:
-        console.print(f"database already at revision {after}; nothing to do")
+        say(f"database already at revision {after}; nothing to do")
     else:
-        console.print(f"database upgraded: {before or 'empty'} -> {after}")
+        say(f"database upgraded: {before or 'empty'} -> {after}")
 
 
 @db_app.command()
@@ -84,7 +114,7 @@ def current(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     if as_json:
         print_json({"revision": rev})
     else:
-        console.print(rev or "empty (run `recon db upgrade`)")
+        say(rev or "empty (run `recon db upgrade`)")
 
 
 def main() -> None:

@@ -9,10 +9,13 @@ from functools import cached_property
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import DBAPIError
 
-from ledger.protocol import Ledger
-from worker.cli.output import fail
+from ledger.errors import LedgerError
+from ledger.protocol import Ledger, rehearsal
+from reconcile.ports import Services
+from reconcile.redact import redact
+from worker.cli.output import EXIT_ATTENTION, fail
 from worker.db import engine_for
 from worker.settings import Settings
 
@@ -37,24 +40,12 @@ class App:
         try:
             with self.engine.begin() as conn:
                 yield conn
-        except (OperationalError, ProgrammingError) as exc:
-            detail = str(exc.orig).splitlines()[0] if exc.orig else str(exc)
-            if "no such table" in detail or "does not exist" in detail:
-                fail(f"the database has no schema yet ({detail}); run `recon db upgrade` first", 1)
-            fail(f"database unavailable: {detail}", 1)
-
-    @contextmanager
-    def rehearse(self) -> Iterator[Connection]:
-        """A transaction that is always rolled back: what --dry-run runs in."""
-        with self.begin() as conn:
-            nested = conn.begin_nested()
-            try:
-                yield conn
-            finally:
-                nested.rollback()
+        except DBAPIError as exc:
+            fail(database_problem(exc), 1)
 
     @cached_property
     def ledger_for(self) -> Callable[[Connection], Ledger]:
+        """The configured ledger (RECON_LEDGER): SqlLedger, or BlnkLedger."""
         from worker.wiring import ConfigError, ledger_factory
 
         try:
@@ -62,10 +53,49 @@ class App:
         except ConfigError as exc:
             fail(str(exc))
 
+    def services(self) -> Services:
+        """The use cases' services, without reading Stripe (no API key needed)."""
+        from worker.wiring import ConfigError, build_services
+
+        try:
+            return build_services(self.settings)
+        except ConfigError as exc:
+            fail(str(exc))
+
+    @contextmanager
+    def rehearse(self) -> Iterator[Connection]:
+        """A transaction that is always rolled back, marked as a rehearsal so that a ledger
+        whose writes would not roll back (Blnk) sends none: what --dry-run runs in."""
+        with self.begin() as conn:
+            nested = conn.begin_nested()
+            try:
+                with rehearsal(conn, True):
+                    yield conn
+            finally:
+                nested.rollback()
+
     @contextmanager
     def ledger(self) -> Iterator[Ledger]:
+        """A read of the configured ledger; its errors end the command in one line."""
         with self.begin() as conn:
-            yield self.ledger_for(conn)
+            ledger = self.ledger_for(conn)
+            try:
+                yield ledger
+            except LedgerError as exc:
+                fail(f"{type(exc).__name__}: {exc}", EXIT_ATTENTION)
 
 
 app_state = App()
+
+_NOT_MIGRATED = ("no such table", "does not exist", "no such column", "undefinedtable")
+
+
+def database_problem(exc: DBAPIError) -> str:
+    """One line saying what is wrong with the database, secrets masked."""
+    detail = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
+    first = redact(detail[0] if detail else type(exc).__name__)
+    if any(m in first.lower() for m in _NOT_MIGRATED):
+        return (
+            f"the database is not migrated to this version ({first}); run `recon db upgrade` first"
+        )
+    return f"database unavailable: {first}"

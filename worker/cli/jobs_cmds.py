@@ -17,7 +17,6 @@ from typing import Annotated, Any
 
 import typer
 
-from ledger.money import Money
 from reconcile.engine import to_entry
 from reconcile.ports import Services
 from reconcile.runs import RunResult
@@ -37,14 +36,22 @@ from reconcile.usecases import (
 from reconcile.views import list_runs, run_with_audit
 from worker.cli.context import app_state
 from worker.cli.output import (
+    COUNT_LEGEND,
     EXIT_ATTENTION,
     EXIT_USAGE,
-    console,
+    counts_line,
+    counts_table,
     err_console,
     fail,
     kv,
+    money,
     print_json,
+    safe,
+    say,
+    short_age,
+    styled,
     table,
+    when,
 )
 from worker.durations import BadDuration, parse_duration, parse_when
 
@@ -64,7 +71,11 @@ runs_app = typer.Typer(help="Recorded job runs.", invoke_without_command=True)
 
 
 def _operator(by: str | None) -> str:
-    return (by or getpass.getuser() or "unknown").strip()
+    name = (by or getpass.getuser() or "unknown").strip()
+    # It goes into every audit row this command writes: a name, not a paragraph.
+    if not name or len(name) > 100 or safe(name) != name:
+        fail("--by must be a name of at most 100 printable characters")
+    return name
 
 
 def _services() -> tuple[Services, StripeGateway]:
@@ -82,10 +93,14 @@ def _services() -> tuple[Services, StripeGateway]:
 
 
 def _when(text: str, what: str, now: datetime) -> datetime:
+    """A time option (``2h`` ago or ISO 8601); refused when it lies in the future."""
     try:
-        return parse_when(text, now)
+        value = parse_when(text, now)
     except BadDuration as exc:
         fail(f"{what}: {exc}")
+    if value > now + timedelta(seconds=1):
+        fail(f"{what} {when(value)} is in the future (now is {when(now)})")
+    return value
 
 
 def _confirm(question: str, yes: bool) -> None:
@@ -98,8 +113,9 @@ def _confirm(question: str, yes: bool) -> None:
 
 
 @contextmanager
-def _progress(label: str) -> Iterator[Callable[[int], None]]:
-    """Rich progress on a terminal, a plain line every few seconds otherwise (logs, cron)."""
+def _progress(label: str, unit: str) -> Iterator[Callable[[int], None]]:
+    """Rich progress on a terminal; off one (logs, cron) a plain line every few seconds
+    with the count so far and the rate, and a last line with the total when it ends."""
     if err_console.is_terminal:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -108,16 +124,21 @@ def _progress(label: str) -> Iterator[Callable[[int], None]]:
             console=err_console, transient=True,
         ) as bar:  # fmt: skip
             task = bar.add_task(label, total=None)
-            yield lambda n: bar.update(task, description=f"{label}: {n}")
+            yield lambda n: bar.update(task, description=f"{label}: {n:,} {unit}")
         return
-    last = [0.0]
+    started = time.monotonic()
+    last = [started, 0]
 
     def line(n: int) -> None:
+        last[1] = n
         if time.monotonic() - last[0] >= 2.0:
             last[0] = time.monotonic()
-            err_console.print(f"{label}: {n}", highlight=False)
+            took = max(time.monotonic() - started, 1e-9)
+            say(f"{label}: {n:,} {unit} so far ({n / took:,.0f}/s)", err=True)
 
     yield line
+    if last[1]:
+        say(f"{label}: {last[1]:,} {unit} in {time.monotonic() - started:.1f}s", err=True)
 
 
 def _plan_rows(plan: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
@@ -125,11 +146,13 @@ def _plan_rows(plan: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     for p in plan:
         t = p.get("ticket")
         ticket = f"{t['kind']} ({t['severity']})" if t else ""
-        if p.get("ticket_id"):
+        if t and p.get("ticket_new"):
+            ticket += " new" if p.get("ticket_id") is None else f" #{p['ticket_id']} new"
+        elif p.get("ticket_id"):
             ticket += f" #{p['ticket_id']}"
-        amount = p.get("commit_amount")
+        amount = money(p.get("amount"), p.get("currency"))
         if p.get("void_remainder"):
-            amount = f"{amount} (+void rest)"
+            amount += " (+ rest released)"
         rows.append((p["payment_id"], p["action"], p["reason"], amount, ticket, p.get("error")))
     return rows
 
@@ -138,6 +161,7 @@ def _finish(
     result: RunResult, dry_run: bool, as_json: bool, extra: dict[str, Any] | None = None
 ) -> None:
     """Print what the run did or would do; exit 1 when a person must look."""
+    guard = {"tripped": result.guard is not None, "why": result.guard}
     if as_json:
         print_json(
             {
@@ -147,37 +171,52 @@ def _finish(
                 "counts": result.counts,
                 "errors": result.errors,
                 "plan": result.plan,
+                "guard": guard,
+                "cut_short": result.cut_short,
+                "notes": result.notes,
                 "attention": result.attention,
                 **(extra or {}),
             }
         )
     else:
+        for note in result.notes:
+            say(styled("note: ", "yellow"), note)
         acting = [p for p in result.plan if p["action"] not in ("nothing", "matched", "wait")]
         shown = result.plan if dry_run else acting
         if shown:
             table(
-                "plan (dry run: nothing was changed)" if dry_run else "actions",
+                "plan (dry run: nothing was changed; new tickets get numbers when opened)"
+                if dry_run
+                else "actions",
                 ["payment", "action", "reason", "amount", "ticket", "error"],
                 _plan_rows(shown),
+                ids={"payment"},
             )
-        table(
-            f"run {result.run_id}: {result.status}{' (dry run)' if dry_run else ''}",
-            ["count", "n"],
-            sorted(result.counts.items()),
-        )
+        if result.guard is not None:
+            verb = "would stop" if dry_run else "stopped"
+            say(
+                styled(f"blast-radius guard {verb} this run: ", "bold red"),
+                f"it {result.guard}. "
+                + ("A live run would change nothing past this point and open an incident."
+                   if dry_run else "Nothing past this point was changed; see the incident ticket."),
+            )  # fmt: skip
+        elif result.cut_short:
+            say(styled("cut short: ", "bold red"), result.cut_short)
+        dry = " (dry run: nothing was changed)" if dry_run else ""
+        counts_table(f"run {result.run_id}: {result.status}{dry}", result.counts)
         for err in result.errors[:20]:
-            err_console.print(f"[red]error:[/] {err}", highlight=False)
-        console.print(f"run id: {result.run_id}")
+            say(styled("error: ", "red"), err, err=True)
+        say(f"run id: {result.run_id}")
     if result.attention:
         raise typer.Exit(EXIT_ATTENTION)
 
 
-def _run_job(job: Callable[..., RunResult], label: str, **kw: Any) -> RunResult:
+def _run_job(job: Callable[..., RunResult], label: str, unit: str, **kw: Any) -> RunResult:
     try:
-        with _progress(label) as progress:
+        with _progress(label, unit) as progress:
             return job(progress=progress, **kw)
     except NotFound as exc:
-        fail(str(exc), EXIT_ATTENTION)
+        fail(str(exc))
     except (BadRequest, ValueError) as exc:
         fail(str(exc))
     except StripeGatewayError as exc:
@@ -216,6 +255,7 @@ def sweep(
     result = _run_job(
         run_sweep,
         "sweep",
+        "entries",
         svc=svc,
         trigger="cli",
         actor=_operator(by),
@@ -241,7 +281,8 @@ def catch_up(
     svc, _ = _services()
     result = _run_job(
         run_catch_up,
-        "catch-up: events",
+        "catch-up",
+        "events",
         svc=svc,
         trigger="cli",
         actor=_operator(by),
@@ -268,7 +309,8 @@ def scan(
         _confirm(f"scan {start.isoformat()} .. {end.isoformat()} and act on what it finds", yes)
     result = _run_job(
         run_scan,
-        "scan: payments",
+        "scan",
+        "payments",
         svc=svc,
         trigger="cli",
         actor=_operator(by),
@@ -292,6 +334,8 @@ def _payment(payment_id: str, dry_run: bool, actor: str, as_json: bool) -> None:
             trigger="cli",
             gateway=gw,
         )
+    except NotFound as exc:
+        fail(str(exc))
     except ValueError as exc:
         fail(str(exc))
     except StripeGatewayError as exc:
@@ -316,16 +360,38 @@ def _payment(payment_id: str, dry_run: bool, actor: str, as_json: bool) -> None:
     )
 
 
-def _state_table(title: str, state: dict[str, Any] | None) -> None:
+_AMOUNTS = ("amount", "amount_received", "amount_refunded", "committed_amount", "voided_amount")
+
+
+def state_pairs(state: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """A Stripe or ledger state (tickets.payment_state / entry_state) as readable lines:
+    amounts in major units with the currency, times in one format with their age."""
     state = state or {"found": False}
     if not state.get("found"):
-        kv(title, [("found", "no")])
-        return
-    pairs: list[tuple[str, Any]] = [(k, v) for k, v in state.items() if k != "found"]
+        return [("found", "no")]
+    now = datetime.now(UTC)
     cur = state.get("currency")
-    if cur and isinstance(state.get("amount"), int):
-        pairs.insert(0, ("formatted", Money(state["amount"], cur).format()))
-    kv(title, pairs)
+    pairs: list[tuple[str, Any]] = []
+    for k, v in state.items():
+        if k in ("found", "currency") or v in (None, "", False):
+            continue
+        if k in _AMOUNTS and isinstance(v, int):
+            if v or k in ("amount", "amount_received"):
+                pairs.append((k.replace("_", " "), money(v, cur)))
+        elif k in ("created", "created_at") and isinstance(v, str):
+            try:
+                at = datetime.fromisoformat(v)
+            except ValueError:
+                pairs.append((k, v))
+            else:
+                pairs.append(("created", f"{when(at)} ({short_age(now - at)} ago)"))
+        else:
+            pairs.append((k.replace("_", " "), v))
+    return pairs
+
+
+def _state_table(title: str, state: dict[str, Any] | None) -> None:
+    kv(title, state_pairs(state))
 
 
 def payment(
@@ -343,22 +409,16 @@ def _replay(event_id: str, dry_run: bool, actor: str, as_json: bool) -> None:
     try:
         res = replay_event(svc, event_id, actor=actor, dry_run=dry_run, gateway=gw)
     except NotFound as exc:
-        fail(str(exc), EXIT_ATTENTION)
+        fail(str(exc))
     except StripeGatewayError as exc:
         fail(f"Stripe: {exc}", EXIT_ATTENTION)
     if not as_json:
         if res.event_status == "not_stored":
-            console.print(
-                f"dry run: event {event_id} would be stored; its payment {res.payment_id}:",
-                highlight=False,
-            )
+            say(f"dry run: event {event_id} would be stored; its payment {res.payment_id}:")
         elif res.fetched:
-            console.print(f"event {event_id} fetched from Stripe and stored in the inbox")
+            say(f"event {event_id} fetched from Stripe and stored in the inbox")
         if res.event_status not in ("failed", "not_stored"):
-            console.print(
-                f"event {event_id}: {res.event_status} {res.detail} ({res.payment_id or '-'})",
-                highlight=False,
-            )
+            say(f"event {event_id}: {res.event_status} {res.detail} ({res.payment_id or '-'})")
     _finish(res.run, dry_run, as_json, {"event_id": event_id, "event_status": res.event_status})
 
 
@@ -375,47 +435,66 @@ def replay(
 # -- runs -----------------------------------------------------------------------------------
 
 
+JOBS = ("sweep", "catch_up", "scan_missing", "payment", "replay", "customer_refresh")
+RUN_STATUSES = ("running", "succeeded", "partial", "failed")
+
+
+def _status(r: dict[str, Any]) -> str:
+    return f"{r['status']} (dry run)" if r["dry_run"] else str(r["status"])
+
+
+def _took(r: dict[str, Any]) -> str:
+    if r["finished_at"] and r["started_at"]:
+        return f"{(r['finished_at'] - r['started_at']).total_seconds():.1f}s"
+    return ""
+
+
+def _legend(counts: list[dict[str, int]]) -> None:
+    keys = sorted({k for c in counts for k, v in c.items() if v})
+    if keys:
+        say("counts: " + "; ".join(f"{k} = {COUNT_LEGEND.get(k, k)}" for k in keys))
+
+
 @runs_app.callback()
 def runs_list(
     ctx: typer.Context,
-    job: Annotated[
-        str | None, typer.Option(help="sweep, catch_up, scan_missing, payment...")
-    ] = None,
-    status: Annotated[str | None, typer.Option(help="running, succeeded, partial, failed.")] = None,
+    job: Annotated[str | None, typer.Option(help=f"One of {', '.join(JOBS)}.")] = None,
+    status: Annotated[str | None, typer.Option(help=f"One of {', '.join(RUN_STATUSES)}.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=10000)] = 20,
     as_json: JsonOpt = False,
 ) -> None:
-    """List recent runs, newest first."""
+    """List recent runs, newest first; dry runs are marked and changed nothing."""
     if ctx.invoked_subcommand is not None:
         return
+    wanted_job = job.replace("-", "_") if job else None
+    if wanted_job is not None and wanted_job not in JOBS:
+        fail(f"--job must be one of {', '.join(JOBS)}; got {job!r}")
+    if status is not None and status not in RUN_STATUSES:
+        fail(f"--status must be one of {', '.join(RUN_STATUSES)}; got {status!r}")
     with app_state.begin() as conn:
-        rows = list_runs(
-            conn, job=job.replace("-", "_") if job else None, status=status, limit=limit
-        )
+        rows = list_runs(conn, job=wanted_job, status=status, limit=limit)
     if as_json:
         print_json(rows)
         return
     table(
-        f"{len(rows)} run(s)",
-        ["id", "job", "status", "trigger", "actor", "dry", "started", "took", "counts", "rerun of"],
+        f"{len(rows)} run(s), newest first",
+        ["id", "job", "status", "trigger", "actor", "started", "took", "counts"],
         [
             (
                 r["id"],
-                r["job"],
-                r["status"],
+                r["job"] + (f" (rerun of {r['rerun_of']})" if r["rerun_of"] else ""),
+                _status(r),
                 r["trigger"],
                 r["actor"],
-                "yes" if r["dry_run"] else "",
-                r["started_at"].isoformat(timespec="seconds") if r["started_at"] else "",
-                f"{(r['finished_at'] - r['started_at']).total_seconds():.1f}s"
-                if r["finished_at"] and r["started_at"]
-                else "",
-                ", ".join(f"{k}={v}" for k, v in sorted((r["counts"] or {}).items())),
-                r["rerun_of"],
+                when(r["started_at"]),
+                _took(r),
+                counts_line(r["counts"] or {}),
             )
             for r in rows
         ],
+        ids={"started"},
     )
+    _legend([r["counts"] or {} for r in rows])
 
 
 @runs_app.command("show")
@@ -423,33 +502,68 @@ def runs_show(
     run_id: Annotated[int, typer.Argument(help="Run id.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """One run in full, with the audit rows (ledger actions) it recorded."""
+    """One run in full: what, when, why it stopped, its counts and its ledger actions."""
     with app_state.begin() as conn:
         found = run_with_audit(conn, run_id)
     if found is None:
-        fail(f"no run {run_id}", EXIT_ATTENTION)
+        fail(f"no run {run_id}")
     run, rows = found
     if as_json:
         print_json({**run, "audit": rows})
         return
-    kv(f"run {run_id}", [(k, v) for k, v in run.items() if k != "window"])
+    params = dict(run["params"] or {})
+    cut_short, notes = params.pop("cut_short", None), params.pop("notes", [])
+    window = ""
+    if run["window_start"] or run["window_end"]:
+        window = f"{when(run['window_start']) or '(open)'} .. {when(run['window_end']) or 'now'}"
+    kv(
+        f"run {run_id}: {run['job']}, {_status(run)}",
+        [
+            ("job", run["job"]),
+            ("status", _status(run)),
+            ("dry run", "yes: nothing was changed" if run["dry_run"] else "no"),
+            ("trigger", f"{run['trigger']}, by {run['actor']}"),
+            ("rerun of", f"run {run['rerun_of']}" if run["rerun_of"] else None),
+            ("window", window or None),
+            ("started", when(run["started_at"])),
+            ("finished", when(run["finished_at"]) or "still running (or it crashed)"),
+            ("took", _took(run) or None),
+            (
+                "parameters",
+                ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if v is not None) or None,
+            ),
+            ("cut short", cut_short),
+            ("notes", "; ".join(notes) or None),
+            (
+                "Stripe calls",
+                f"{run['stripe_calls']:,} ({run['stripe_rate_limited']:,} rate limited)",
+            ),
+            (
+                "resume from",
+                ", ".join(f"{k}={v}" for k, v in (run["resume"] or {}).items()) or None,
+            ),
+        ],
+    )
+    if run["counts"]:
+        counts_table("counts", run["counts"])
+    for err in run["errors"] or []:
+        say(styled("error: ", "red"), err)
     table(
         f"{len(rows)} audit row(s)",
         ["at", "payment", "action", "amount", "reason", "actor", "ticket"],
         [
             (
-                a["created_at"].isoformat(timespec="seconds"),
+                when(a["created_at"]),
                 a["payment_id"],
                 a["action"],
-                Money(a["amount"], a["currency"]).format()
-                if a["amount"] is not None and a["currency"]
-                else "",
+                money(a["amount"], a["currency"]),
                 a["reason"],
                 a["actor"],
                 a["ticket_id"],
             )
             for a in rows
         ],
+        ids={"payment"},
     )
 
 
@@ -465,7 +579,7 @@ def rerun_cmd(
     try:
         spec = plan_rerun(svc, run_id)
     except NotFound as exc:
-        fail(str(exc), EXIT_ATTENTION)
+        fail(str(exc))
     except BadRequest as exc:
         fail(str(exc))
     if not dry_run:
@@ -474,7 +588,13 @@ def rerun_cmd(
         elif spec.job == "scan_missing":
             _confirm(f"scan the window of run {run_id} again and act on what it finds", yes)
     result = _run_job(
-        rerun, f"rerun {run_id}", svc=svc, spec=spec, actor=_operator(by), dry_run=dry_run
+        rerun,
+        f"rerun {run_id}",
+        "items",
+        svc=svc,
+        spec=spec,
+        actor=_operator(by),
+        dry_run=dry_run,
     )
     _finish(result, dry_run, as_json)
 

@@ -7,13 +7,27 @@ from typing import Annotated
 
 import typer
 
-from ledger.errors import InvalidInput, LedgerError, TransactionNotFound
+from ledger.errors import InvalidInput, LedgerError
 from ledger.model import NewTransaction, Transaction
-from ledger.money import Money
+from reconcile.checks import FixAction
+from reconcile.stripe_gateway import StripeGatewayError
+from reconcile.usecases import BadRequest, NotFound, fix_payment
 from worker.cli.context import app_state
-from worker.cli.output import EXIT_ATTENTION, console, fail, kv, print_json, table
+from worker.cli.output import (
+    EXIT_ATTENTION,
+    fail,
+    kv,
+    money,
+    print_json,
+    say,
+    styled,
+    table,
+    when,
+)
 
-app = typer.Typer(help="Inspect and operate the ledger (balances, inflight transactions).")
+app = typer.Typer(
+    help="Inspect and operate the ledger (RECON_LEDGER: the built-in SQL ledger, or Blnk)."
+)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DryRunOpt = Annotated[
@@ -44,22 +58,22 @@ def _parse_amount(text: str) -> int:
 
 
 def _show(txn: Transaction) -> None:
-    def money(n: int) -> str:
-        return Money(n, txn.currency).format()
+    def amt(n: int) -> str:
+        return money(n, txn.currency)
 
     kv(
         f"{txn.reference}  [{txn.status.value}]",
         [
             ("id", txn.id),
-            ("amount", f"{txn.amount} ({money(txn.amount)})"),
-            ("committed", f"{txn.committed_amount} ({money(txn.committed_amount)})"),
-            ("voided", f"{txn.voided_amount} ({money(txn.voided_amount)})"),
-            ("remaining", f"{txn.remaining} ({money(txn.remaining)})"),
+            ("amount", amt(txn.amount)),
+            ("committed", amt(txn.committed_amount)),
+            ("voided", amt(txn.voided_amount)),
+            ("remaining", amt(txn.remaining)),
             ("source", txn.source),
             ("destination", txn.destination),
             ("metadata", ", ".join(f"{k}={v}" for k, v in txn.metadata.items()) or "-"),
-            ("expires at", txn.expires_at.isoformat() if txn.expires_at else "-"),
-            ("created at", txn.created_at.isoformat()),
+            ("expires at", when(txn.expires_at) or "-"),
+            ("created at", when(txn.created_at)),
         ],
     )
 
@@ -72,7 +86,10 @@ def inflight(
     amount: Annotated[str, typer.Argument(help="Amount in minor units (5000 = 50.00 USD).")],
     currency: Annotated[str, typer.Argument(help="ISO 4217 code, e.g. USD, EUR, JPY.")],
     source: Annotated[str, typer.Argument(help="Balance the money comes from, e.g. @stripe.")],
-    destination: Annotated[str, typer.Argument(help="Balance credited, e.g. wallet:cus_123.")],
+    destination: Annotated[
+        str,
+        typer.Argument(help="Balance credited, e.g. wallet:cus_123 (on Blnk: its bln_... id)."),
+    ],
     meta: Annotated[
         list[str] | None, typer.Option("--meta", help="KEY=VALUE metadata (repeatable).")
     ] = None,
@@ -118,7 +135,7 @@ def inflight(
         print_json({**txn.as_dict(), "dry_run": dry_run})
         return
     if dry_run:
-        console.print("[yellow]dry run: nothing was written[/]")
+        say(styled("dry run: nothing was written", "yellow"))
     _show(txn)
 
 
@@ -133,7 +150,7 @@ def show(
     with app_state.ledger() as ledger:
         txn = ledger.find_linked(reference)
     if txn is None:
-        fail(f"no ledger transaction with reference {reference!r}", EXIT_ATTENTION)
+        fail(f"no ledger transaction with reference {reference!r}")
     if as_json:
         print_json(txn.as_dict())
     else:
@@ -176,57 +193,77 @@ def list_(
             (
                 t.reference,
                 t.status.value,
-                Money(t.amount, t.currency).format(),
-                t.committed_amount,
-                t.voided_amount,
+                money(t.amount, t.currency),
+                money(t.committed_amount, t.currency),
+                money(t.voided_amount, t.currency),
                 t.source,
                 t.destination,
-                t.created_at.isoformat(timespec="seconds"),
+                when(t.created_at),
             )
             for t in txns
         ],
+        ids={"reference"},
     )
 
 
-def _operate(reference: str, dry_run: bool, as_json: bool, op: str, amount: int | None) -> None:
-    scope = app_state.rehearse() if dry_run else app_state.begin()
+def _fix(
+    reference: str, action: FixAction, note: str, by: str | None, dry_run: bool, as_json: bool
+) -> None:
+    # The same checked, audited fix as `recon tickets resolve`: Stripe is read first and a
+    # fix it contradicts is refused; the audit row names the operator and the note.
+    from worker.cli.jobs_cmds import _operator, _services
+
+    svc, gw = _services()
     try:
-        with scope as conn:
-            ledger = app_state.ledger_for(conn)
-            txn = ledger.commit(reference, amount) if op == "commit" else ledger.void(reference)
-    except TransactionNotFound as exc:
-        fail(str(exc), EXIT_ATTENTION)
-    except InvalidInput as exc:
+        res = fix_payment(svc, reference, action, note, _operator(by), dry_run=dry_run, gateway=gw)
+    except NotFound as exc:
         fail(str(exc))
+    except BadRequest as exc:
+        fail(str(exc))
+    except StripeGatewayError as exc:
+        fail(f"Stripe could not be read, nothing changed: {exc}", EXIT_ATTENTION)
     except LedgerError as exc:
         fail(str(exc), EXIT_ATTENTION)
     if as_json:
-        print_json({**txn.as_dict(), "dry_run": dry_run})
-        return
-    if dry_run:
-        console.print("[yellow]dry run: nothing was written; this is what it would look like[/]")
-    _show(txn)
+        print_json(res.as_dict())
+    elif res.done:
+        say(res.message)
+        if res.customer_message:
+            say("tell the customer: ", res.customer_message)
+    if not res.done:
+        if not as_json:
+            say(styled(res.message, "bold red"), err=True)
+        raise typer.Exit(EXIT_ATTENTION)
+
+
+NoteOpt = Annotated[str, typer.Option(help="Why; stored in the audit row with your name.")]
+ByOpt = Annotated[str | None, typer.Option("--by", help="Operator name (default: your login).")]
 
 
 @app.command()
 def commit(
-    reference: str,
-    amount: Annotated[
-        int | None, typer.Option(min=1, help="Commit only this much (minor units).")
-    ] = None,
+    payment_id: Annotated[str, typer.Argument(help="PaymentIntent id (or the entry's link).")],
+    note: NoteOpt,
+    by: ByOpt = None,
     dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Commit an inflight transaction in full, or partly with --amount. Prefer `recon payment`,
-    which checks Stripe first."""
-    _operate(reference, dry_run, as_json, "commit", amount)
+    """Commit a hold for what Stripe received, after re-reading Stripe (refused unless Stripe
+    says succeeded). Audited like `recon tickets resolve`; open tickets of the payment close."""
+    _fix(payment_id, FixAction.COMMIT, note, by, dry_run, as_json)
 
 
 @app.command()
-def void(reference: str, dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
-    """Void what is left of an inflight transaction. Prefer `recon payment`, which checks Stripe
-    first."""
-    _operate(reference, dry_run, as_json, "void", None)
+def void(
+    payment_id: Annotated[str, typer.Argument(help="PaymentIntent id (or the entry's link).")],
+    note: NoteOpt,
+    by: ByOpt = None,
+    dry_run: DryRunOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Release the hold of a failed, canceled or unknown payment now, also within the grace
+    period (refused while Stripe says it may still succeed). Audited; open tickets close."""
+    _fix(payment_id, FixAction.VOID, note, by, dry_run, as_json)
 
 
 @app.command()
@@ -244,12 +281,13 @@ def balances(as_json: JsonOpt = False) -> None:
             (
                 b.name,
                 b.currency,
-                Money(b.balance, b.currency).format(),
-                Money(b.inflight_credit, b.currency).format(),
-                Money(b.inflight_debit, b.currency).format(),
+                money(b.balance, b.currency),
+                money(b.inflight_credit, b.currency),
+                money(b.inflight_debit, b.currency),
             )
             for b in bals
         ],
+        ids={"balance"},
     )
 
 
@@ -267,9 +305,10 @@ def check(as_json: JsonOpt = False) -> None:
             [(v.rule, v.detail) for v in violations],
         )
     else:
-        console.print(
-            "[green]ledger invariants hold[/]: balances sum to zero per currency, "
-            "no transaction over-committed or both committed and voided"
+        say(
+            styled("ledger invariants hold", "green"),
+            ": balances sum to zero per currency, "
+            "no transaction over-committed or both committed and voided",
         )
     if violations:
         raise typer.Exit(EXIT_ATTENTION)

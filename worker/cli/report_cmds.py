@@ -9,7 +9,7 @@ import typer
 
 from reconcile.views import build_report
 from worker.cli.context import app_state
-from worker.cli.output import console, fail, print_json, table
+from worker.cli.output import fail, print_json, say, table
 from worker.durations import BadDuration, format_duration, parse_duration
 
 
@@ -31,9 +31,9 @@ def report(
     if as_json:
         print_json(rep)
         return
-    console.print(f"report {rep['since']} .. {rep['until']}")
+    say(f"report {rep['since']} .. {rep['until']}")
     table(
-        "ledger actions per day",
+        "ledger actions per day (from the audit trail)",
         ["day", "actions"],
         [
             (d, ", ".join(f"{k}={v}" for k, v in sorted(c.items())))
@@ -55,12 +55,13 @@ def report(
         [(s["ticket_id"], s["payment_id"], s["age"]) for s in rep["oldest_stuck_payments"]],
     )
     table(
-        "runs",
+        f"runs (dry runs left out: {rep['dry_runs_left_out']})",
         ["status", "runs"],
         sorted(rep["runs_by_status"].items()),
     )
-    console.print(
-        f"Stripe calls: {rep['stripe_calls']}, rate limited (429): {rep['stripe_rate_limited']}"
+    say(
+        f"Stripe calls: {rep['stripe_calls']:,}, rate limited (429): "
+        f"{rep['stripe_rate_limited']:,} (dry runs left out)"
     )
     table(
         "recurring issues (this period vs the previous one)",
