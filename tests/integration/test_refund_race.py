@@ -155,16 +155,28 @@ class _Hold:
 _HOLD = _Hold()
 
 
+# The use case's step that chooses what to decide on: the payload or a fresh read.
+CHOOSER = next(
+    name for name in ("payment_for_event", "_payment_for_event") if hasattr(events_usecase, name)
+)
+
+
+def _event_type(row_or_payload: Any) -> Any:
+    if isinstance(row_or_payload, dict):
+        return row_or_payload.get("type")
+    return getattr(row_or_payload, "type", None)
+
+
 @pytest.fixture
 def hold_payload_worker(monkeypatch: pytest.MonkeyPatch) -> _Hold:
-    chosen = events_usecase._payment_for_event
+    chosen = getattr(events_usecase, CHOOSER)
 
     def choose_then_wait(svc: Any, row: Any, pid: str, gateway: Any) -> Any:
         payment = chosen(svc, row, pid, gateway)
         other = _HOLD.refund_worker
         if (
             other is not None
-            and row.type == "payment_intent.succeeded"
+            and _event_type(row) == "payment_intent.succeeded"
             and payment is not None
             and payment.amount_refunded is None  # the payload, not a re-read
         ):
@@ -173,7 +185,7 @@ def hold_payload_worker(monkeypatch: pytest.MonkeyPatch) -> _Hold:
             _HOLD.held += 1
         return payment
 
-    monkeypatch.setattr(events_usecase, "_payment_for_event", choose_then_wait)
+    monkeypatch.setattr(events_usecase, CHOOSER, choose_then_wait)
     _HOLD.held = 0
     return _HOLD
 
