@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-serve test lint bench unit integration clean
+.PHONY: demo demo-serve test lint bench unit integration faults proof clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -34,6 +34,13 @@ unit: $(STAMP)
 
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+# The fault campaign alone (RECON_PROOF_SIZE payments, 48 by default), and at the proof size.
+faults: $(STAMP)
+	$(BIN)/python -m pytest -m faults -s $(PYTEST_ARGS)
+
+proof: $(STAMP)
+	RECON_PROOF_SIZE=$${RECON_PROOF_SIZE:-300} $(BIN)/python -m pytest -m faults -s $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)

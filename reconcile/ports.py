@@ -66,3 +66,7 @@ class Services:
     accounts: frozenset[str] = frozenset()
     # How far back a catch-up with no stored cursor reads (Stripe keeps 30 days of events).
     catch_up_first_window: timedelta = timedelta(days=3)
+    # A running run writes its heartbeat this often; one silent for run_stale_after is
+    # presumed dead (its worker was killed): marked partial, its claims given back.
+    run_heartbeat: timedelta = timedelta(seconds=10)
+    run_stale_after: timedelta = timedelta(seconds=60)

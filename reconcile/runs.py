@@ -8,12 +8,12 @@ or the blast-radius guard, or with errors, it is ``partial``, never ``succeeded`
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, desc, select, update
+from sqlalchemy import Connection, Engine, desc, func, select, update
 
 from reconcile.tables import audit, cursors, runs
 
@@ -35,6 +35,8 @@ class RunState:
     errors: list[str] = field(default_factory=list)
     cut_short: str | None = None  # why the run stopped early (rate limit, guard, errors)
     resume: dict[str, Any] | None = None
+    # Runs found dead (their worker stopped beating) and marked partial when this one began.
+    recovered: list[int] = field(default_factory=list)
     # Things the operator should know about how the run was read (a window clamped...).
     notes: list[str] = field(default_factory=list)
     guard: str | None = None  # the blast-radius guard's verdict when it stopped the run
@@ -77,9 +79,11 @@ def start_run(
     window: tuple[datetime | None, datetime | None] = (None, None),
     params: Mapping[str, Any] | None = None,
     rerun_of: int | None = None,
+    holder: str | None = None,
 ) -> RunState:
     # Its own committed transaction: a run that crashes still leaves its "running" row,
-    # which is how on-call finds it.
+    # which is how on-call finds it, and its heartbeat stops, which is how the next run
+    # finds it (dead_runs).
     with engine.begin() as conn:
         run_id = conn.execute(
             runs.insert()
@@ -96,6 +100,8 @@ def start_run(
                 errors=[],
                 rerun_of=rerun_of,
                 started_at=now,
+                heartbeat_at=now,
+                holder=holder,
             )
             .returning(runs.c.id)
         ).scalar_one()
@@ -123,21 +129,105 @@ def finish_run(
                 stripe_calls=int((stripe or {}).get("calls", 0)),
                 stripe_rate_limited=int((stripe or {}).get("rate_limited", 0)),
                 finished_at=now,
-                params=_merge_params(conn, state.id, state.cut_short, state.notes),
+                claimed=None,
+                params=_merge_params(conn, state),
             )
         )
     return final
 
 
-def _merge_params(
-    conn: Connection, run_id: int, cut_short: str | None, notes: list[str]
-) -> dict[str, Any]:
-    params = dict(conn.execute(select(runs.c.params).where(runs.c.id == run_id)).scalar_one() or {})
-    if cut_short:
-        params["cut_short"] = cut_short
-    if notes:
-        params["notes"] = list(notes)
+def _merge_params(conn: Connection, state: RunState) -> dict[str, Any]:
+    params = dict(
+        conn.execute(select(runs.c.params).where(runs.c.id == state.id)).scalar_one() or {}
+    )
+    if state.cut_short:
+        params["cut_short"] = state.cut_short
+    elif "presumed_dead" in params:
+        # It was only slow (its heartbeat could not reach the database), and finished: the
+        # reaper's verdict is kept as a note, not as the reason the run stopped.
+        params.pop("cut_short", None)
+    if state.notes:
+        params["notes"] = list(state.notes)
+    if state.recovered:
+        params["recovered_runs"] = list(state.recovered)
     return params
+
+
+# -- liveness -------------------------------------------------------------------------------
+
+
+def beat(engine: Engine, run_id: int, now: datetime) -> bool:
+    """The run's process is alive: push its heartbeat.  False once the run has ended."""
+    with engine.begin() as conn:
+        return bool(
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == RUNNING)
+                .values(heartbeat_at=now)
+            ).rowcount
+        )
+
+
+def note_claims(conn: Connection, run_id: int, references: Sequence[str]) -> None:
+    """The ledger references this run now holds claims on (written with the claim itself,
+    so a run that dies holding claims always says which)."""
+    conn.execute(update(runs).where(runs.c.id == run_id).values(claimed=list(references) or None))
+
+
+def claimed_by(conn: Connection, run_id: int) -> list[str]:
+    value = conn.execute(select(runs.c.claimed).where(runs.c.id == run_id)).scalar()
+    return [str(v) for v in value or ()]
+
+
+@dataclass(frozen=True)
+class RunningRun:
+    id: int
+    job: str
+    holder: str | None
+    last_beat: datetime
+    claimed: tuple[str, ...]
+
+
+def running_runs(conn: Connection) -> list[RunningRun]:
+    rows = conn.execute(
+        select(
+            runs.c.id,
+            runs.c.job,
+            runs.c.holder,
+            func.coalesce(runs.c.heartbeat_at, runs.c.started_at),
+            runs.c.claimed,
+        ).where(runs.c.status == RUNNING)
+    ).all()
+    return [RunningRun(int(r[0]), str(r[1]), r[2], _aware(r[3]), tuple(r[4] or ())) for r in rows]
+
+
+def _aware(value: Any) -> datetime:
+    # COALESCE hides the column type from the UtcDateTime decorator: SQLite hands back text.
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def mark_dead(conn: Connection, run_id: int, why: str, now: datetime) -> bool:
+    """Record a run whose worker died as partial, with why.  False when it had ended in the
+    meantime (or another run got there first): only one reaper records it."""
+    row = conn.execute(
+        select(runs.c.params, runs.c.errors)
+        .where(runs.c.id == run_id, runs.c.status == RUNNING)
+        .with_for_update()
+    ).first()
+    if row is None:
+        return False
+    params = {**dict(row[0] or {}), "cut_short": why, "presumed_dead": why}
+    errors = [*list(row[1] or []), why][-200:]
+    return bool(
+        conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id, runs.c.status == RUNNING)
+            .values(status=PARTIAL, finished_at=now, params=params, errors=errors, claimed=None)
+        ).rowcount
+    )
 
 
 def record_audit(

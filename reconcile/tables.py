@@ -64,7 +64,15 @@ runs = Table(
     Column("rerun_of", Integer, ForeignKey("recon_runs.id"), nullable=True),
     Column("started_at", UtcDateTime(), nullable=False),
     Column("finished_at", UtcDateTime(), nullable=True),
+    # Liveness of a running run: its process writes heartbeat_at every few seconds, holder
+    # names the process (host:pid), claimed lists the ledger references it holds claims
+    # on.  A run whose heartbeat stopped is presumed dead, marked partial and its claims
+    # given back (reconcile/usecases/lifecycle.py).
+    Column("heartbeat_at", UtcDateTime(), nullable=True),
+    Column("holder", String(200), nullable=True),
+    Column("claimed", JSON, nullable=True),
     Index("ix_recon_runs_job_started", "job", "started_at"),
+    Index("ix_recon_runs_status", "status"),
 )
 
 audit = Table(

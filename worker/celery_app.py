@@ -57,6 +57,11 @@ def make_app(
             "socket_connect_timeout": 3,
         },
         "broker_connection_retry_on_startup": True,
+        # A task running when the broker connection drops goes on (its ack then fails as a
+        # lost connection and Redis hands the message out again after visibility_timeout;
+        # every task is idempotent).  Cancelling it would throw away a long sweep's progress
+        # on every broker blip.  Stated, not left to Celery's changing default.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_connection_timeout": 3,
         # The intake publishes after its commit while Stripe waits for the answer; a broker
         # that is down must fail fast there (redrive re-sends), not stall the request.
@@ -75,6 +80,13 @@ def make_app(
         # Read by worker.queue: no broker means tasks run in this process.
         "recon_in_process": settings.broker_url is None,
     }
+    broker = settings.broker_url or ""
+    if broker.startswith(("redis://", "rediss://")):
+        # kombu's Redis transport with the guard that keeps a broker restart from killing
+        # the worker (worker/broker.py).
+        conf["broker_transport"] = "worker.broker:RedisTransport"
+    # Prefork, with the fix for a child that dies while the consumer reconnects.
+    conf["worker_pool"] = "worker.broker:TaskPool"
     if queue:
         conf["task_default_queue"] = queue
     app.conf.update(conf)

@@ -17,12 +17,12 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, delete, update
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from reconcile.tables import locks as locks_table
@@ -39,6 +39,8 @@ class LockBackend(Protocol):
     def refresh(self, name: str, token: str, ttl: timedelta) -> bool: ...
 
     def release(self, name: str, token: str) -> bool: ...
+
+    def holder(self, name: str) -> str | None: ...
 
 
 _REFRESH = """
@@ -79,6 +81,10 @@ class RedisLocks:
 
     def release(self, name: str, token: str) -> bool:
         return bool(self._release(keys=[self.prefix + name], args=[token]))
+
+    def holder(self, name: str) -> str | None:
+        value = self.client.get(self.prefix + name)
+        return value.decode() if isinstance(value, bytes) else value
 
 
 class DbLocks:
@@ -121,6 +127,15 @@ class DbLocks:
             )
             return bool(result.rowcount)
 
+    def holder(self, name: str) -> str | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(locks_table.c.holder).where(
+                    locks_table.c.name == name, locks_table.c.expires_at >= datetime.now(UTC)
+                )
+            ).scalar()
+            return str(value) if value is not None else None
+
 
 def default_backend(*, redis_url: str | None, engine: Engine | None) -> LockBackend:
     if redis_url:
@@ -157,15 +172,41 @@ class _Heartbeat(threading.Thread):
                 )
 
 
+def _take_over(
+    backend: LockBackend, name: str, token: str, ttl: timedelta, dead: Callable[[str], bool]
+) -> bool:
+    """Acquire ``name`` from a holder that ``dead`` says is gone (its lock has not expired
+    yet: a SIGKILLed worker's heartbeat stopped, not its lock's TTL).  The release is
+    token-checked, so a lock that changed hands meanwhile is never taken."""
+    current = backend.holder(name)
+    if current is None:
+        return backend.acquire(name, token, ttl)
+    if not dead(current):
+        return False
+    backend.release(name, current)
+    if backend.acquire(name, token, ttl):
+        log.warning("job lock taken over from a dead holder", lock=name, dead_holder=current)
+        return True
+    return False
+
+
 @contextmanager
 def job_lock(
-    backend: LockBackend, name: str, *, ttl: timedelta = DEFAULT_TTL, heartbeat: bool = True
+    backend: LockBackend,
+    name: str,
+    *,
+    ttl: timedelta = DEFAULT_TTL,
+    heartbeat: bool = True,
+    dead: Callable[[str], bool] | None = None,
 ) -> Iterator[bool]:
     """Yields True when this caller holds ``name`` for the block, False when another does.
 
-    Usage: ``with job_lock(backend, "recon.sweep") as held: if not held: return``."""
+    ``dead(holder_token)`` lets a caller take over a lock whose holder died before it
+    expired.  Usage: ``with job_lock(backend, "recon.sweep") as held: if not held: return``."""
     token = new_token()
-    if not backend.acquire(name, token, ttl):
+    if not backend.acquire(name, token, ttl) and (
+        dead is None or not _take_over(backend, name, token, ttl, dead)
+    ):
         yield False
         return
     beat = _Heartbeat(backend, name, token, ttl) if heartbeat else None

@@ -118,6 +118,11 @@ ENQUEUE_FAILURES = Counter(
     "recon_enqueue_failures_total",
     "Inbox events committed but not handed to the queue (redrive will pick them up)",
 )
+JOBS_SKIPPED = Counter(
+    "recon_jobs_skipped_total",
+    "Periodic job executions skipped because a live run of the same job holds its lock",
+    ["job"],
+)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -153,6 +158,10 @@ def count_run(job: str, status: str) -> None:
 def count_event_refused(cause: str) -> None:
     # ``cause`` is "livemode" or "account", never the account id (unbounded label values).
     EVENTS_REFUSED.labels(cause=cause if cause in ("livemode", "account") else "other").inc()
+
+
+def job_skipped(job: str) -> None:
+    JOBS_SKIPPED.labels(job=job).inc()
 
 
 def count_enqueue_failure(n: int = 1) -> None:

@@ -6,7 +6,14 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reconcile.model import DEFAULT_SLA_BY_METHOD, Policy
@@ -111,6 +118,14 @@ class Settings(BaseSettings):
     deliver_interval: Duration = Field(
         timedelta(seconds=30), validation_alias=_env("RECON_DELIVER_INTERVAL")
     )
+    # A running job writes a heartbeat this often; one silent for RECON_RUN_STALE_AFTER is
+    # presumed dead (its worker was killed): recorded partial, its claims given back.
+    run_heartbeat: Duration = Field(
+        timedelta(seconds=10), validation_alias=_env("RECON_RUN_HEARTBEAT")
+    )
+    run_stale_after: Duration = Field(
+        timedelta(seconds=60), validation_alias=_env("RECON_RUN_STALE_AFTER")
+    )
     # Webhooks grouped into one commit by the intake (1 = one commit per webhook).
     intake_batch: int = Field(100, validation_alias=_env("RECON_INTAKE_BATCH"), ge=0, le=1000)
     # Writer threads (each with its own connection) committing those groups concurrently.
@@ -126,6 +141,17 @@ class Settings(BaseSettings):
     def _sla_map(cls, value: str) -> str:
         parse_sla_map(value)  # refuses a bad map at start-up, with what is wrong
         return value
+
+    @model_validator(mode="after")
+    def _heartbeat_fits(self) -> Settings:
+        if self.run_heartbeat <= timedelta(0):
+            raise ValueError("RECON_RUN_HEARTBEAT must be positive")
+        if self.run_stale_after < 3 * self.run_heartbeat:
+            raise ValueError(
+                "RECON_RUN_STALE_AFTER must be at least three RECON_RUN_HEARTBEAT intervals: "
+                "a live run that misses one beat must not be presumed dead"
+            )
+        return self
 
     @field_validator("catch_up_first_window")
     @classmethod

@@ -133,11 +133,25 @@ class ReconTask(Task):  # type: ignore[misc]
             structlog.contextvars.bind_contextvars(**before)
 
 
+def _holder_dead(holder: str) -> bool:
+    from reconcile.usecases.lifecycle import holder_is_dead
+
+    try:
+        return holder_is_dead(_services(), holder)
+    except Exception as exc:  # cannot tell: leave the lock to its TTL
+        log.warning("could not check a lock holder", error=type(exc).__name__)
+        return False
+
+
 @contextmanager
 def _periodic(job: str, ttl: timedelta = timedelta(seconds=90)) -> Iterator[bool]:
-    with job_lock(_lock_backend(), job, ttl=ttl) as held:
+    # A holder that died mid-run (SIGKILL: its run's heartbeat stopped, or its process is
+    # gone from this host) does not make the next run wait out the lock's TTL: it is taken
+    # over, and the run that follows records the dead one as partial (lifecycle.py).
+    with job_lock(_lock_backend(), job, ttl=ttl, dead=_holder_dead) as held:
         if not held:
             log.info("job skipped: a previous run still holds its lock", job=job)
+            metrics.job_skipped(job)
         yield held
 
 

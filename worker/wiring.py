@@ -107,6 +107,8 @@ def build_services(settings: Settings) -> Services:
         livemode=settings.stripe_livemode,
         accounts=settings.connect_accounts,
         catch_up_first_window=settings.catch_up_first_window,
+        run_heartbeat=settings.run_heartbeat,
+        run_stale_after=settings.run_stale_after,
         hooks=Hooks(
             action=metrics.count_action,
             ticket=metrics.count_ticket,

@@ -12,11 +12,11 @@ from reconcile import inbox, tickets
 from reconcile.engine import Pass, PaymentOutcome
 from reconcile.model import Payment, PaymentStatus, Severity, TicketKind, TicketSpec
 from reconcile.ports import Services
-from reconcile.runs import RunResult, RunState, finish_run
+from reconcile.runs import RunResult, RunState
 from reconcile.stripe_gateway import StripeGateway
 from reconcile.stripe_objects import fraud_warning_from_stripe, payment_from_stripe
 from reconcile.usecases.errors import NotFound
-from reconcile.usecases.lifecycle import begin
+from reconcile.usecases.lifecycle import begin, finish
 from reconcile.usecases.payments import reconcile_payment
 
 
@@ -257,7 +257,7 @@ def replay_event(
         res = None
     if res is not None:
         state.counts["events_" + res.status] += 1
-    status = finish_run(svc.engine, state, now=svc.clock(), stripe=gw.snapshot())
+    status = finish(svc, state, gw)
     svc.hooks.run(state.job, status)
     plan = [res.outcome.as_plan()] if res is not None and res.outcome else []
     result = RunResult(

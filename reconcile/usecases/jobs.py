@@ -105,6 +105,10 @@ def run_sweep(
                         batch = list(
                             ledger.claim_inflight(cutoff, size, svc.claim_lease, svc.clock(), after)
                         )
+                        # Named on the run in the same transaction: if this worker dies
+                        # holding them, the run that finds it dead gives them back
+                        # (lifecycle.py).
+                        runs.note_claims(conn, state.id, [t.reference for t in batch])
             except TransientError as exc:
                 # The books could not be read (Blnk down): nothing was decided, the next
                 # sweep finds the same entries.
@@ -119,10 +123,10 @@ def run_sweep(
                     [Item(linked_payment_id(t), fetched[linked_payment_id(t)], t) for t in batch]
                 )
             except (StripeUnavailable, GuardTripped, TransientError) as exc:
-                _release(svc, batch, dry_run)
+                _release(svc, state, batch, dry_run)
                 cut_short(state, p, "sweep", exc)
                 break
-            _release(svc, batch, dry_run)
+            _release(svc, state, batch, dry_run)
             done += len(batch)
             if progress is not None:
                 progress(done)
@@ -132,13 +136,14 @@ def run_sweep(
     return end(svc, state, gw, p)
 
 
-def _release(svc: Services, batch: Sequence[Transaction], dry_run: bool) -> None:
+def _release(svc: Services, state: RunState, batch: Sequence[Transaction], dry_run: bool) -> None:
     # Give the claims back at once rather than let them lapse: an on-call rerun right after
     # a sweep must see the entries that are still waiting.
     if dry_run:
         return
     with svc.engine.begin() as conn:
         svc.ledger_for(conn).release([txn.reference for txn in batch])
+        runs.note_claims(conn, state.id, [])
 
 
 # -- catch-up -------------------------------------------------------------------------------

@@ -418,6 +418,25 @@ def test_an_error_rate_fails_about_that_share_of_requests(srv, client):
     assert srv.calls(outcome="5xx") == failures
 
 
+def test_a_storm_of_errors_mixes_the_status_codes_asked_for(srv, client):
+    seed_sequence(srv, 1)
+    srv.configure(error_rate=1.0, error_statuses=[429, 500], random_seed=3)
+
+    seen = []
+    for _ in range(40):
+        try:
+            client.v1.payment_intents.retrieve("pi_00000")
+        except stripe.RateLimitError:
+            seen.append(429)
+        except stripe.APIError:
+            seen.append(500)
+
+    assert len(seen) == 40 and {429, 500} == set(seen)
+    assert srv.calls(outcome="429") == seen.count(429)
+    with pytest.raises(ValueError, match="error_statuses must be a 5xx code"):
+        srv.configure(error_statuses=[404])
+
+
 def test_injected_latency_delays_every_answer(srv, client):
     seed_sequence(srv, 1)
     srv.configure(latency_ms=150)

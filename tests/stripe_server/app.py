@@ -69,8 +69,10 @@ class ServerConfig:
     and counts against both [L2]. rate_limit_should_retry: send `Stripe-Should-Retry:
     true/false` on 429s (None: no header) [L4].
     error_rate: probability of an injected error; fail_next: fail exactly the next N admitted
-    requests; error_status: its code (5xx, 409 or 429); error_code: its `code` (e.g.
-    "lock_timeout" with 429 [L5]); error_should_retry: `Stripe-Should-Retry` on it [L4].
+    requests; error_status: its code (5xx, 409 or 429); error_statuses: several such codes,
+    one picked at random per injected error (a storm of 429s and 500s); error_code: its
+    `code` (e.g. "lock_timeout" with 429 [L5]); error_should_retry: `Stripe-Should-Retry` on
+    it [L4].
     latency_ms (+ uniform latency_jitter_ms) delays every answer. valid_keys: accepted API
     keys (None: any test-mode key). event_retention_days: hide older events as Stripe's
     Events API does after 30 days (None: keep all, friendlier to seeds with old timestamps).
@@ -83,6 +85,7 @@ class ServerConfig:
     rate_limit_should_retry: bool | None = None
     error_rate: float = 0.0
     error_status: int = 500
+    error_statuses: tuple[int, ...] = ()
     error_code: str | None = None
     error_should_retry: bool | None = None
     fail_next: int = 0
@@ -131,10 +134,12 @@ class ServerConfig:
         if "fail_next" in values:
             values["fail_next"] = _whole("fail_next", values["fail_next"])
         if "error_status" in values:
-            status = _whole("error_status", values["error_status"])
-            if not (500 <= status <= 599 or status in (409, 429)):
-                raise ValueError("error_status must be a 5xx code, 409 or 429")
-            values["error_status"] = status
+            values["error_status"] = _error_status("error_status", values["error_status"])
+        if "error_statuses" in values:
+            codes = values["error_statuses"] or ()
+            if isinstance(codes, str | int) or not isinstance(codes, Iterable):
+                raise ValueError("error_statuses must be a list of status codes")
+            values["error_statuses"] = tuple(_error_status("error_statuses", c) for c in codes)
         if values.get("valid_keys") is not None:
             keys = values["valid_keys"]
             if isinstance(keys, str) or not isinstance(keys, Iterable):
@@ -515,6 +520,9 @@ class FakeStripe:
             elif config.error_rate > 0:
                 fail = self._rng.random() < config.error_rate
             if fail:
+                if config.error_statuses:
+                    status = self._rng.choice(config.error_statuses)
+                    config = dataclasses.replace(config, error_status=status)
                 raise _injected(config)
 
     async def _serve_v1(
@@ -923,6 +931,13 @@ class FakeStripe:
             control("/_test/reset", self._control_reset, ["POST"]),
         ]
         return Starlette(routes=routes)
+
+
+def _error_status(key: str, value: Any) -> int:
+    status = _whole(key, value)
+    if not (500 <= status <= 599 or status in (409, 429)):
+        raise ValueError(f"{key} must be a 5xx code, 409 or 429")
+    return status
 
 
 def _injected(config: ServerConfig) -> StripeHTTPError:

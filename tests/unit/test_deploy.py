@@ -567,6 +567,29 @@ def test_worker_deployment() -> None:
     assert c["livenessProbe"]["exec"]["command"][:2] == ["sh", "-c"], "$HOSTNAME needs a shell"
 
 
+def test_a_dead_worker_is_restarted_and_a_hung_one_is_probed() -> None:
+    # Compose starts an exited worker again; Kubernetes restarts an exited container
+    # (restartPolicy Always, the only one a Deployment allows) and one that stops answering
+    # the liveness probe.
+    svcs = services()
+    for name in ("intake", "worker", "beat"):
+        assert svcs[name].get("restart") in ("always", "unless-stopped"), name
+    dep = k8s("Deployment", "recon-worker")
+    assert pod_spec(dep).get("restartPolicy", "Always") == "Always"
+    probe = container(dep)["livenessProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] <= 300, "a hung worker waits <5m"
+    assert probe["timeoutSeconds"] >= 10, "the probe imports the app and connects"
+
+
+def test_workers_run_without_gossip_mingle_and_heartbeat() -> None:
+    flags = {"--without-gossip", "--without-mingle", "--without-heartbeat"}
+    assert flags <= set(services()["worker"]["command"])
+    assert flags <= set(argv(container(k8s("Deployment", "recon-worker"))))
+    from tests.procs import WORKER_FLAGS
+
+    assert set(WORKER_FLAGS) == flags, "the fault tests run the worker as deployed"
+
+
 def test_beat_is_a_singleton() -> None:
     dep = k8s("Deployment", "recon-beat")
     assert dep["spec"]["replicas"] == 1
