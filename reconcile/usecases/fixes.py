@@ -21,6 +21,7 @@ Fixes:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -307,50 +308,31 @@ def resolve_ticket(
     # state, not what the ticket recorded.
     payment = None if action is FixAction.NONE else (gateway or svc.new_gateway()).retrieve(pid)
     stripe_state = None if action is FixAction.NONE else tickets.payment_state(payment)
-    with svc.engine.begin() as conn:
-        scope = conn.begin_nested()
-        try:
-            locked = tickets.get_ticket(conn, ticket_id, lock=True)
-            if locked is None or locked["status"] != tickets.OPEN:
-                scope.rollback()
-                return Resolution(
-                    ticket_id,
-                    action.value,
-                    False,
-                    f"ticket {ticket_id} was closed meanwhile",
-                    dry_run,
-                )
-            out = _apply(
-                svc,
-                conn,
-                pid=None if is_incident else pid,
-                action=action,
-                payment=payment,
-                stripe_state=stripe_state,
-                note=note,
-                actor=actor,
-                ticket=locked,
-                dry_run=dry_run,
-            )
-        except BaseException:
-            scope.rollback()
-            raise
-        if dry_run or out.verdict.refusal is not None:
-            scope.rollback()
-        else:
-            scope.commit()
-    if out.verdict.refusal is not None:
-        return Resolution(
-            ticket_id,
-            action.value,
-            False,
-            out.verdict.refusal + describe_payment(payment),
-            dry_run,
-            stripe_state,
-            out.before,
-            payment_id=pid,
-            currency=out.currency,
+
+    def work(conn: Connection) -> _Outcome | None:
+        locked = tickets.get_ticket(conn, ticket_id, lock=True)
+        if locked is None or locked["status"] != tickets.OPEN:
+            return None
+        return _apply(
+            svc,
+            conn,
+            pid=None if is_incident else pid,
+            action=action,
+            payment=payment,
+            stripe_state=stripe_state,
+            note=note,
+            actor=actor,
+            ticket=locked,
+            dry_run=dry_run,
         )
+
+    out = _in_scope(svc, dry_run, work)
+    if out is None:
+        return Resolution(
+            ticket_id, action.value, False, f"ticket {ticket_id} was closed meanwhile", dry_run
+        )
+    if out.verdict.refusal is not None:
+        return _refused(ticket_id, action, out, payment, stripe_state, pid, dry_run)
     return Resolution(
         ticket_id,
         action.value,
@@ -393,40 +375,25 @@ def fix_payment(
     if payment is None and known is None:
         raise NotFound(f"{payment_id} is neither in the ledger nor on Stripe")
     stripe_state = tickets.payment_state(payment)
-    with svc.engine.begin() as conn:
-        scope = conn.begin_nested()
-        try:
-            out = _apply(
-                svc,
-                conn,
-                pid=payment_id,
-                action=action,
-                payment=payment,
-                stripe_state=stripe_state,
-                note=note,
-                actor=actor,
-                ticket=None,
-                dry_run=dry_run,
-            )
-        except BaseException:
-            scope.rollback()
-            raise
-        if dry_run or out.verdict.refusal is not None:
-            scope.rollback()
-        else:
-            scope.commit()
-    if out.verdict.refusal is not None:
-        return Resolution(
-            None,
-            action.value,
-            False,
-            out.verdict.refusal + describe_payment(payment),
-            dry_run,
-            stripe_state,
-            out.before,
-            payment_id=payment_id,
-            currency=out.currency,
+
+    def work(conn: Connection) -> _Outcome:
+        return _apply(
+            svc,
+            conn,
+            pid=payment_id,
+            action=action,
+            payment=payment,
+            stripe_state=stripe_state,
+            note=note,
+            actor=actor,
+            ticket=None,
+            dry_run=dry_run,
         )
+
+    out = _in_scope(svc, dry_run, work)
+    assert out is not None
+    if out.verdict.refusal is not None:
+        return _refused(None, action, out, payment, stripe_state, payment_id, dry_run)
     closed = (
         f"; tickets {', '.join(f'#{t}' for t in out.resolved)} resolved" if out.resolved else ""
     )
@@ -444,4 +411,46 @@ def fix_payment(
         payment_id,
         out.customer_message,
         out.resolved,
+    )
+
+
+def _in_scope(
+    svc: Services, dry_run: bool, work: Callable[[Connection], _Outcome | None]
+) -> _Outcome | None:
+    """Run one fix in a savepoint that is kept only when it was done for real: a dry run,
+    a refusal or a ticket closed meanwhile (``None``) leave nothing behind."""
+    with svc.engine.begin() as conn:
+        scope = conn.begin_nested()
+        try:
+            out = work(conn)
+        except BaseException:
+            scope.rollback()
+            raise
+        if out is None or dry_run or out.verdict.refusal is not None:
+            scope.rollback()
+        else:
+            scope.commit()
+    return out
+
+
+def _refused(
+    ticket_id: int | None,
+    action: FixAction,
+    out: _Outcome,
+    payment: Payment | None,
+    stripe_state: dict[str, Any] | None,
+    payment_id: str,
+    dry_run: bool,
+) -> Resolution:
+    assert out.verdict.refusal is not None
+    return Resolution(
+        ticket_id,
+        action.value,
+        False,
+        out.verdict.refusal + describe_payment(payment),
+        dry_run,
+        stripe_state,
+        out.before,
+        payment_id=payment_id,
+        currency=out.currency,
     )
