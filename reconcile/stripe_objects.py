@@ -49,6 +49,10 @@ MAX_AMOUNT: Final = 10**12
 # Unix seconds between 2000 and 2100: anything else is not a Stripe timestamp.
 _EPOCH_RANGE: Final = (946_684_800, 4_102_444_800)
 _MAX_TEXT: Final = 500
+# The longest id and email address the ticket and customer tables keep (RFC 5321 allows
+# 320 characters for an address).
+_MAX_ID: Final = 255
+_MAX_EMAIL: Final = 320
 # Refunds that still take (or took) money back from the customer.
 _LIVE_REFUND: Final = frozenset({"succeeded", "pending", "requires_action"})
 
@@ -108,14 +112,14 @@ class _Reader:
             return None
         return datetime.fromtimestamp(value, tz=UTC)
 
-    def text(self, name: str) -> str | None:
+    def text(self, name: str, limit: int = _MAX_TEXT) -> str | None:
         value = self.obj.get(name)
         if value is None or value == "":
             return None
         if not isinstance(value, str):
             self._bad(name, value, "a string")
             return None
-        return value[:_MAX_TEXT]
+        return value[:limit]
 
     def flag(self, name: str) -> bool | None:
         value = self.obj.get(name)
@@ -308,16 +312,18 @@ def payment_from_stripe(
 
     customer_obj = pi.get("customer")
     customer: str | None
-    customer_email = reader.text("receipt_email")
+    customer_email = reader.text("receipt_email", _MAX_EMAIL)
     if isinstance(customer_obj, Mapping):
-        customer = _Reader(customer_obj, "customer").text("id")
-        customer_email = customer_email or _Reader(customer_obj, "customer").text("email")
+        customer = _Reader(customer_obj, "customer").text("id", _MAX_ID)
+        customer_email = customer_email or _Reader(customer_obj, "customer").text(
+            "email", _MAX_EMAIL
+        )
     else:
-        customer = reader.text("customer")
+        customer = reader.text("customer", _MAX_ID)
     billing = charge_reader.child("billing_details")
     billing_reader = _Reader(billing or {}, "billing_details")
     if customer_email is None:
-        customer_email = billing_reader.text("email")
+        customer_email = billing_reader.text("email", _MAX_EMAIL)
     customer_name = billing_reader.text("name")
     if customer_name is None and isinstance(customer_obj, Mapping):
         customer_name = _Reader(customer_obj, "customer").text("name")

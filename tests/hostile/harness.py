@@ -48,8 +48,8 @@ SECRETS: Mapping[str, str] = {
 }
 
 # Tight deadlines so that the slow-client tests take seconds, not the production minutes.
-HEADER_TIMEOUT = 1.0
-BODY_TIMEOUT = 1.5
+HEADER_TIMEOUT = 1
+BODY_TIMEOUT = 2
 MAX_CONNECTIONS = 40
 MAX_HEADER_BYTES = 16 * 1024
 MAX_BYTES = 256 * 1024

@@ -47,7 +47,7 @@ def test_no_secret_appears_in_answers_logs_tickets_inbox_runs_or_metrics(
             intake.rows("SELECT last_error FROM recon_inbox WHERE last_error IS NOT NULL")
         ),
         "runs": json.dumps(intake.rows("SELECT * FROM recon_runs"), default=str),
-        "actions": json.dumps(intake.rows("SELECT * FROM recon_actions"), default=str),
+        "audit": json.dumps(intake.rows("SELECT * FROM recon_audit"), default=str),
     }
     assert places["log"], "the intake wrote no log at all: the check would prove nothing"
     leaks = [
