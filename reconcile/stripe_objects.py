@@ -119,7 +119,7 @@ class _Reader:
         if not isinstance(value, str):
             self._bad(name, value, "a string")
             return None
-        return value[:limit]
+        return _clean(value[:limit])
 
     def flag(self, name: str) -> bool | None:
         value = self.obj.get(name)
@@ -135,6 +135,12 @@ class _Reader:
         return value if isinstance(value, Mapping) else None
 
 
+def _clean(text: str) -> str:
+    """Text as every column can hold it: a NUL (which JSON may carry, PostgreSQL's text
+    types cannot) shown as U+FFFD instead of failing the insert of a ticket or an entry."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def _error_text(error: Any) -> str | None:
     if error is None:
         return None
@@ -142,10 +148,10 @@ def _error_text(error: Any) -> str | None:
         for key in ("code", "decline_code", "message", "type"):
             value = error.get(key)
             if value and isinstance(value, str):
-                return value[:_MAX_TEXT]
+                return _clean(value[:_MAX_TEXT])
         # Set but saying nothing: still a failed attempt, which the decision needs to know.
         return "unknown_error"
-    return str(error)[:_MAX_TEXT]
+    return _clean(str(error)[:_MAX_TEXT])
 
 
 def pre_basil(api_version: str | None) -> bool | None:
@@ -224,7 +230,7 @@ def dispute_from_stripe(obj: Mapping[str, Any]) -> tuple[Dispute, list[str]]:
     evidence = reader.child("evidence_details") or {}
     due_by = _Reader(evidence, "dispute.evidence_details").time("due_by")
     dispute = Dispute(
-        id=str(obj.get("id") or "?")[:255],
+        id=_clean(str(obj.get("id") or "?")[:255]),
         status=status,
         amount=reader.amount("amount"),
         currency=reader.currency(),
@@ -237,7 +243,7 @@ def dispute_from_stripe(obj: Mapping[str, Any]) -> tuple[Dispute, list[str]]:
 def fraud_warning_from_stripe(obj: Mapping[str, Any]) -> FraudWarning:
     reader = _Reader(obj, "early_fraud_warning")
     return FraudWarning(
-        id=str(obj.get("id") or "?")[:255],
+        id=_clean(str(obj.get("id") or "?")[:255]),
         fraud_type=reader.text("fraud_type"),
         actionable=reader.flag("actionable"),
     )
@@ -246,13 +252,13 @@ def fraud_warning_from_stripe(obj: Mapping[str, Any]) -> FraudWarning:
 def _method_type(pi: Mapping[str, Any], charge: Mapping[str, Any]) -> str | None:
     details = charge.get("payment_method_details")
     if isinstance(details, Mapping) and isinstance(details.get("type"), str):
-        return str(details["type"])
+        return _clean(str(details["type"])[:_MAX_TEXT])
     method = pi.get("payment_method")
     if isinstance(method, Mapping) and isinstance(method.get("type"), str):
-        return str(method["type"])
+        return _clean(str(method["type"])[:_MAX_TEXT])
     types = pi.get("payment_method_types")
     if isinstance(types, list) and len(types) == 1 and isinstance(types[0], str):
-        return str(types[0])
+        return _clean(str(types[0])[:_MAX_TEXT])
     return None
 
 
@@ -336,7 +342,10 @@ def payment_from_stripe(
 
     metadata = pi.get("metadata")
     meta = (
-        {str(k)[:_MAX_TEXT]: "" if v is None else str(v)[:_MAX_TEXT] for k, v in metadata.items()}
+        {
+            _clean(str(k)[:_MAX_TEXT]): "" if v is None else _clean(str(v)[:_MAX_TEXT])
+            for k, v in metadata.items()
+        }
         if isinstance(metadata, Mapping)
         else {}
     )

@@ -94,7 +94,6 @@ REJECTION_REASONS = frozenset(
         "bad_type",
         "bad_created",
         "future_event",
-        "nul",
         "too_deep",
         "unstorable",
         "too_large",

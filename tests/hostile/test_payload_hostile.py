@@ -216,3 +216,32 @@ def test_no_failed_event_keeps_a_whole_sql_statement_as_its_error(intake: Intake
         error = row["last_error"] or ""
         assert "[SQL:" not in error and "[parameters:" not in error, error[:300]
         assert len(error) <= 500
+
+
+def test_a_nul_in_metadata_is_stored_as_received_and_kept_out_of_every_text_column(
+    intake: Intake,
+) -> None:
+    """PostgreSQL's json column holds a ``\\u0000`` escape, its text columns cannot: the
+    event is stored as sent, and the ticket it leads to shows U+FFFD instead of failing."""
+    pi = new_id("pi")
+    meta = {"ledger_destination": "wallet:a\u0000b", "n\u0000te": "x\u0000"}
+    assert intake.stripe is not None
+    intake.stripe.state.create_payment_intent(
+        id=pi,
+        amount=5000,
+        currency="usd",
+        status="succeeded",
+        amount_received=5000,
+        metadata=meta,
+    )
+    text = json.dumps(event(pi_object(pi, metadata=meta)))
+    assert "\\u0000" in text
+    evt_id = json.loads(text)["id"]
+    assert intake.post(text.encode(), sign(text)).status_code == 200
+    row = intake.settled(evt_id)
+    assert row["status"] == "processed", row["last_error"]
+    stored = intake.inbox_row(evt_id)
+    assert stored is not None and stored["payload"]["data"]["object"]["metadata"] == meta
+    tickets = intake.tickets_for(pi)
+    assert [t["kind"] for t in tickets] == ["missing_record"]
+    assert tickets[0]["balance"] == "wallet:a\ufffdb"
