@@ -95,7 +95,9 @@ class _Reader:
         value = self.obj.get(name)
         if value is None:
             return None
-        if not isinstance(value, str) or value.upper() not in ISO_CURRENCIES:
+        # ASCII first: Python upper-cases "u\u017fd" (long s) to "USD" and "\u0131nr" (dotless i)
+        # to "INR", so a look-alike would otherwise pass as the real code.
+        if not isinstance(value, str) or not value.isascii() or value.upper() not in ISO_CURRENCIES:
             self._bad(name, value, "an ISO 4217 currency code")
             return None
         return value.upper()

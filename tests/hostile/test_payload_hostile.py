@@ -92,6 +92,21 @@ def _homoglyph(pi: str) -> str:
     return _with(pi, currency="u\u0455d")
 
 
+@_payload("currency with a long s (upper-cases to USD)")
+def _long_s(pi: str) -> str:
+    return _with(pi, currency="u\u017fd")
+
+
+@_payload("currency with a dotless i (upper-cases to INR)")
+def _dotless_i(pi: str) -> str:
+    return _with(pi, currency="\u0131nr")
+
+
+@_payload("currency in full-width letters")
+def _fullwidth(pi: str) -> str:
+    return _with(pi, currency="\uff55\uff53\uff44")
+
+
 @_payload("currency a number")
 def _numeric(pi: str) -> str:
     return _with(pi, currency=840)
