@@ -142,9 +142,10 @@ class InboxRow:
 # Stripe ids are letters, digits and underscores; a few more are let through, never
 # a NUL, a space, a slash, '?', '#' or '%' (ids are put in URLs and VARCHAR columns).
 _ID_CHARS: Final = re.compile(r"[A-Za-z0-9_.:\-]+")
-# Event types are lower-case ASCII words joined by dots (``v1.`` for thin events): a
-# homoglyph or an escape sequence is no type of Stripe's.
-_TYPE_CHARS: Final = re.compile(r"[a-z0-9_]+(?:\.[a-z0-9_]+)*")
+# Event types are lower-case ASCII words joined by dots (``v1.`` before thin v1 types,
+# brackets in some v2 ones: ``v2.core.account[requirements].updated``) [H5]: a homoglyph
+# or an escape sequence is no type of Stripe's.
+_TYPE_CHARS: Final = re.compile(r"[a-z0-9_.\[\]]+")
 # Deeper than any Stripe object (an event is a handful of levels, expanded or not), and
 # far below the recursion limits of the parsers that read the payload again later.
 MAX_DEPTH: Final = 32

@@ -112,3 +112,32 @@ def test_a_database_error_is_kept_as_its_classes_and_first_line_never_the_sql() 
 def test_a_described_error_is_redacted_and_short() -> None:
     text = describe(RuntimeError("postgresql://u:hunter2@db/x " + "y" * 1000))
     assert "hunter2" not in text and len(text) <= 300
+
+
+def _sdk_event_types() -> list[str]:
+    """Every event type the pinned SDK names: v1 (``Event.type``) and v2/thin (one class
+    each under ``stripe/events``) [H5]."""
+    import re
+    from pathlib import Path
+
+    import stripe
+
+    root = Path(stripe.__file__).parent
+    source = (root / "_event.py").read_text()
+    start = source.index("    type: Literal[")
+    v1 = re.findall(r'"([^"]+)"', source[start : source.index("]", start)])
+    v2 = [
+        found
+        for path in sorted((root / "events").glob("_v*.py"))
+        for found in re.findall(r'type: Literal\["([^"]+)"\]', path.read_text())
+    ]
+    assert len(v1) > 200 and len(v2) > 100
+    return v1 + v2
+
+
+def test_every_event_type_stripe_names_passes_the_type_check() -> None:
+    """Refusing a real type would make Stripe retry it for days and then disable the
+    endpoint: the check must let every type of the pinned SDK through."""
+    for event_type in _sdk_event_types():
+        body = json.dumps(_event(type=event_type)).encode()
+        assert parse_event(body)["type"] == event_type
