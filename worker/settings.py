@@ -131,6 +131,27 @@ class Settings(BaseSettings):
     # Writer threads (each with its own connection) committing those groups concurrently.
     intake_writers: int = Field(2, validation_alias=_env("RECON_INTAKE_WRITERS"), ge=1, le=32)
     sweep_batch: int = Field(100, validation_alias=_env("RECON_SWEEP_BATCH"), gt=0, le=1000)
+    # The intake against slow and greedy clients (worker/intake/serve.py).  A request's
+    # headers must arrive within RECON_INTAKE_HEADER_TIMEOUT of its first byte (or of the
+    # connection, for one that sends nothing) and be at most RECON_INTAKE_MAX_HEADER_BYTES
+    # (431 past that); its body within RECON_INTAKE_BODY_TIMEOUT (408); an idle kept-alive
+    # connection is closed after RECON_INTAKE_KEEP_ALIVE.  Past RECON_INTAKE_MAX_CONNECTIONS
+    # open connections a request is answered 503 (Stripe retries it) instead of queueing.
+    intake_header_timeout: Duration = Field(
+        timedelta(seconds=10), validation_alias=_env("RECON_INTAKE_HEADER_TIMEOUT")
+    )
+    intake_body_timeout: Duration = Field(
+        timedelta(seconds=30), validation_alias=_env("RECON_INTAKE_BODY_TIMEOUT")
+    )
+    intake_keep_alive: Duration = Field(
+        timedelta(seconds=5), validation_alias=_env("RECON_INTAKE_KEEP_ALIVE")
+    )
+    intake_max_connections: int = Field(
+        1000, validation_alias=_env("RECON_INTAKE_MAX_CONNECTIONS"), ge=1
+    )
+    intake_max_header_bytes: int = Field(
+        32 * 1024, validation_alias=_env("RECON_INTAKE_MAX_HEADER_BYTES"), ge=1024
+    )
 
     dashboard_base: str = Field(
         "https://dashboard.stripe.com", validation_alias=_env("RECON_STRIPE_DASHBOARD")
