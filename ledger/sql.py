@@ -726,6 +726,25 @@ class SqlLedger:
         rows = self.conn.execute(stmt).mappings().all()
         return sorted((_row_to_txn(r) for r in rows), key=lambda t: (t.created_at, t.id))
 
+    def inflight_quantiles(self, older_than: datetime, parts: int) -> list[datetime]:
+        """Creation times that cut the INFLIGHT entries older than ``older_than`` into
+        ``parts`` runs of about equal size (``parts - 1`` of them, ascending)."""
+        t = transactions
+        if parts <= 1:
+            return []
+        stmt = (
+            select(t.c.created_at)
+            .where(t.c.status == TxnStatus.INFLIGHT.value, t.c.created_at < older_than)
+            .order_by(t.c.created_at)
+        )
+        total = self.conn.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+        out: list[datetime] = []
+        for k in range(1, parts):
+            at = self.conn.execute(stmt.offset(total * k // parts).limit(1)).scalar()
+            if at is not None and (not out or at > out[-1]):
+                out.append(at)
+        return out
+
     def list_inflight(
         self, older_than: datetime, limit: int, after: tuple[datetime, str] | None = None
     ) -> Sequence[Transaction]:

@@ -165,6 +165,25 @@ def run_sweep(
     return end(svc, state, gw, p)
 
 
+SweepPart = tuple[datetime | None, datetime | None]
+
+
+def split_sweep(
+    svc: Services, *, parts: int, older_than: timedelta | None = None
+) -> list[SweepPart]:
+    """Cut the backlog of inflight entries into ``parts`` creation windows of about equal
+    size, ``[newer_than, created_before)`` each (None: open), for as many workers.
+
+    A ledger that cannot count its entries (Blnk) gives one part: the whole backlog.
+    """
+    cutoff = svc.clock() - (older_than if older_than is not None else svc.sweep_min_age)
+    with svc.engine.connect() as conn:
+        quantiles = getattr(svc.ledger_for(conn), "inflight_quantiles", None)
+        bounds: list[datetime] = list(quantiles(cutoff, parts)) if quantiles else []
+    edges: list[datetime | None] = [None, *bounds, None]
+    return [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+
+
 class _Ahead:
     """Hands the sweep's coming entries to its ReadAhead, a chunk or two ahead."""
 
