@@ -777,9 +777,14 @@ class SqlLedger:
 
     def release(self, references: Sequence[str]) -> None:
         if references:
+            # Only rows still claimed: a settled row gave its claim back when it changed,
+            # and rewriting it anyway would leave a dead row version for nothing.
             self.conn.execute(
                 update(transactions)
-                .where(transactions.c.reference.in_(list(references)))
+                .where(
+                    transactions.c.reference.in_(list(references)),
+                    transactions.c.claimed_until.is_not(None),
+                )
                 .values(claimed_until=None)
             )
 
