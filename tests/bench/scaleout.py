@@ -36,6 +36,7 @@ from reconcile.tables import runs
 from reconcile.usecases import split_sweep
 from tests.bench.backlog import (
     STRIPE_RPS,
+    SWEEP_BATCH,
     StripeProcess,
     backlog,
     check_books,
@@ -92,6 +93,7 @@ def one(srv: StripeProcess, entries: Sequence[tuple[Any, ...]], k: int) -> dict[
                 "RECON_STRIPE_RATE_LIMIT": str(CLIENT_RPS),
                 "RECON_STRIPE_ENDPOINT_RATE_LIMIT": str(CLIENT_RPS),
                 "RECON_STRIPE_RATE_BURST": "1",
+                "RECON_SWEEP_BATCH": str(SWEEP_BATCH),
                 "RECON_LOG_LEVEL": "WARNING",
             }
             for i in range(k):
