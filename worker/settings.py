@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     stripe_endpoint_rate_limit: float = Field(
         20.0, validation_alias=_env("RECON_STRIPE_ENDPOINT_RATE_LIMIT"), gt=0
     )
+    # Requests one burst may take at once (None: a tenth of a second's worth).  1 spaces
+    # every request evenly: then no clock second holds more than the rate, rounded up.
+    stripe_rate_burst: int | None = Field(
+        None, validation_alias=_env("RECON_STRIPE_RATE_BURST"), ge=1, le=100
+    )
     stripe_api_version: str = Field(
         STRIPE_API_VERSION, validation_alias=_env("RECON_STRIPE_API_VERSION"), min_length=10
     )
@@ -151,6 +156,9 @@ class Settings(BaseSettings):
     )
     intake_max_header_bytes: int = Field(
         32 * 1024, validation_alias=_env("RECON_INTAKE_MAX_HEADER_BYTES"), ge=1024
+    )
+    sweep_read_ahead: int = Field(
+        2000, validation_alias=_env("RECON_SWEEP_READ_AHEAD"), gt=0, le=20_000
     )
 
     dashboard_base: str = Field(
