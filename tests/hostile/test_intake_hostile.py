@@ -405,6 +405,43 @@ def test_pipelined_webhooks_on_one_connection_are_each_answered_and_stored(
         assert intake.inbox_row(evt["id"]) is not None
 
 
+def test_a_kept_alive_request_with_a_large_body_is_not_taken_for_large_headers(
+    intake: Intake,
+) -> None:
+    """The header limit counts header bytes only: a second request on the connection whose
+    body (larger than the header limit) arrives after the first answer is still served."""
+    first = event(type="customer.updated")
+    second = event(type="customer.updated", pad="x" * (MAX_HEADER_BYTES * 3))
+
+    def request(evt: dict[str, Any]) -> tuple[bytes, bytes]:
+        body = body_of(evt)
+        head = (
+            b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nStripe-Signature: "
+            + sign(body).encode()
+            + b"\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+        )
+        return head, body
+
+    head1, body1 = request(first)
+    head2, body2 = request(second)
+    with intake.connect() as sock:
+        sock.sendall(head1 + body1 + head2 + body2[:100])
+        sock.settimeout(0.5)
+        answered = b""
+        deadline = time.monotonic() + 10
+        while b"HTTP/1.1 200" not in answered and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                answered += sock.recv(65536)
+        sock.sendall(body2[100:])
+        while answered.count(b"HTTP/1.1 ") < 2 and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                answered += sock.recv(65536)
+    assert answered.count(b"HTTP/1.1 200") == 2, answered[:400]
+    assert intake.inbox_row(second["id"]) is not None
+
+
 def test_an_http_1_0_webhook_is_answered_and_stored(intake: Intake) -> None:
     evt = event(type="customer.updated")
     body = body_of(evt)

@@ -90,6 +90,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -------------------------------------------------------------- parser callbacks
 
     def on_message_begin(self) -> None:
+        # A request's deadline starts with its first byte; between requests the keep-alive
+        # timeout (uvicorn's) bounds an idle connection.  Called from the parser, so a
+        # pipelined request's body is never counted as headers.
         super().on_message_begin()
         self._in_head = True
         self._arm()
@@ -104,13 +107,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # Raised through the parser, which stops there; data_received answers 431.
             raise _HeadersTooLarge
         super().on_headers_complete()
-
-    def on_response_complete(self) -> None:
-        # The next request's deadline starts with its first byte (until then the
-        # keep-alive timeout, armed by uvicorn here, bounds the idle connection).
-        self._in_head = True
-        self._head_bytes = 0
-        super().on_response_complete()
 
     # -------------------------------------------------------------- the guards
 
