@@ -880,6 +880,7 @@ def test_slowloris_body_is_answered_408_and_stores_nothing(intake: Intake) -> No
 def test_connections_past_the_cap_are_refused_and_service_resumes(intake: Intake) -> None:
     """Idle sockets up to the cap: a webhook then gets 503 (Stripe retries), never a hang;
     once the header deadline has closed them, webhooks are accepted again."""
+    before = intake.rejections("over_capacity")
     socks = []
     try:
         for _ in range(MAX_CONNECTIONS + 5):
@@ -898,6 +899,7 @@ def test_connections_past_the_cap_are_refused_and_service_resumes(intake: Intake
         for s in socks:
             s.close()
     time.sleep(HEADER_TIMEOUT + 0.5)
+    assert intake.rejections("over_capacity") >= before + 1
     evt = event(type="customer.updated")
     accepted(intake, intake.send_event(evt), evt["id"])
 

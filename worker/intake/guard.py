@@ -106,6 +106,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._too_large = True
             # Raised through the parser, which stops there; data_received answers 431.
             raise _HeadersTooLarge
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            # uvicorn answers it 503 (Stripe retries); counted here, where it is known.
+            metrics.count_rejection("over_capacity")
         super().on_headers_complete()
 
     # -------------------------------------------------------------- the guards
