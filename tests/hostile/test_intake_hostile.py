@@ -338,8 +338,10 @@ def test_a_content_length_longer_than_the_body_sent_stores_nothing(intake: Intak
 
 
 def test_garbage_instead_of_http_is_400_and_the_intake_stays_up(intake: Intake) -> None:
+    before = intake.rejections("malformed_http")
     answer = intake.raw(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 200)
-    assert status_of(answer) in (400, None)
+    assert status_of(answer) == 400
+    assert intake.rejections("malformed_http") == before + 1
     assert intake.request("GET", "/healthz").status_code == 200
 
 

@@ -78,6 +78,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self._too_large:
                 self._refuse(_TOO_LARGE, "headers_too_large")
                 return
+            metrics.count_rejection("malformed_http")
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
             return
