@@ -101,6 +101,7 @@ REJECTION_REASONS = frozenset(
         "slow_body",
         "slow_headers",
         "headers_too_large",
+        "malformed_http",
         "over_capacity",
         "no_secret",
         "other",

@@ -28,7 +28,7 @@ from celery.exceptions import Ignore, Retry
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from reconcile.redact import redact
+from reconcile.redact import describe
 from reconcile.stripe_gateway import StripeUnavailable
 from worker import metrics
 from worker.locks import LockBackend, default_backend, job_lock
@@ -116,7 +116,7 @@ class ReconTask(Task):  # type: ignore[misc]
             outcome = "ignored"
             raise
         except Exception as exc:
-            summary = {"error": redact(f"{type(exc).__name__}: {exc}")[:500]}
+            summary = {"error": describe(exc)}
             raise
         finally:
             elapsed = time.perf_counter() - started

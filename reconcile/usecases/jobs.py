@@ -23,6 +23,7 @@ from reconcile.engine import Item, Pass, linked_payment_id, load_adjustments
 from reconcile.guard import GuardTripped
 from reconcile.model import Payment, PaymentStatus
 from reconcile.ports import Services
+from reconcile.redact import describe
 from reconcile.runs import RunResult, RunState
 from reconcile.stripe_batch import ReadAhead
 from reconcile.stripe_gateway import EVENTS_RETENTION, StripeGateway, StripeUnavailable
@@ -390,7 +391,7 @@ def _catch_up_batch(
         except StripeUnavailable:
             raise
         except Exception as exc:  # one bad payment must not stop the catch-up
-            unread[pid] = f"{pid}: {type(exc).__name__}: {exc}"
+            unread[pid] = f"{pid}: {describe(exc)}"
             state.errors.append(unread[pid])
             state.counts["errors"] += 1
     for pid in unread:

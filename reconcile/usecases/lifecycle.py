@@ -213,4 +213,4 @@ def cut_short(state: RunState, p: Pass, job: str, exc: Exception) -> None:
     else:
         source = "ledger" if isinstance(exc, TransientError) else "stripe"
         state.cut_short = f"{source}: {exc}"
-        state.errors.append(f"{type(exc).__name__}: {exc}")
+        state.errors.append(describe(exc))

@@ -126,6 +126,8 @@ class Intake:
         self.engine: Engine | None = None
         # Every answer's status line, headers and body, for the secret check at the end.
         self.seen: list[str] = []
+        # Every event id answered 2xx: the end of the suite checks each was kept and done.
+        self.acknowledged: set[str] = set()
         self.rss_start_kb = 0
 
     # ------------------------------------------------------------------ life
@@ -236,7 +238,11 @@ class Intake:
         if signature is not None:
             all_headers["Stripe-Signature"] = signature
         all_headers.update(headers or {})
-        return self.request("POST", path, content=body, headers=all_headers)
+        response = self.request("POST", path, content=body, headers=all_headers)
+        if response.status_code == 200 and isinstance(body, bytes):
+            with contextlib.suppress(ValueError, AttributeError, TypeError):
+                self.acknowledged.add(json.loads(body)["id"])
+        return response
 
     def send_event(self, evt: Any, **kw: Any) -> httpx.Response:
         return self.post(body_of(evt), **kw)

@@ -1,10 +1,12 @@
-"""The last test of the hostile suite: with distinctive secrets configured (Stripe API key,
-two webhook secrets, a database password in the DSN), none of them appears in anything
-the service showed while under attack: its answers, its log, ticket rows, inbox errors,
-run records, ``/metrics``.
+"""The last tests of the hostile suite.
 
-It runs after the other hostile modules (file order) and sends a few kinds of its own, so
-that it also proves something when run alone.
+Nothing acknowledged was lost: every event answered 2xx is in the inbox and was finished
+with.  And with distinctive secrets configured (Stripe API key, two webhook secrets, a
+database password in the DSN), none of them appears in anything the service showed while
+under attack: its answers, its log, ticket rows, inbox errors, run records, ``/metrics``.
+
+They run after the other hostile modules (file order) and send a few kinds of their own,
+so that they also prove something when run alone.
 """
 
 from __future__ import annotations
@@ -57,3 +59,16 @@ def test_no_secret_appears_in_answers_logs_tickets_inbox_runs_or_metrics(
         if secret in shown or secret[8:] in shown
     ]
     assert not leaks, leaks
+
+
+def test_every_acknowledged_webhook_is_in_the_inbox_and_was_finished_with(
+    intake: Intake,
+) -> None:
+    _provoke(intake)
+    assert len(intake.acknowledged) >= 3
+    unfinished = {}
+    for event_id in sorted(intake.acknowledged):
+        row = intake.settled(event_id)
+        if row["status"] not in ("processed", "ignored"):
+            unfinished[event_id] = (row["status"], row["last_error"])
+    assert not unfinished, unfinished

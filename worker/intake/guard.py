@@ -78,6 +78,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self._too_large:
                 self._refuse(_TOO_LARGE, "headers_too_large")
                 return
+            metrics.count_rejection("malformed_http")
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
             return
@@ -90,6 +91,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -------------------------------------------------------------- parser callbacks
 
     def on_message_begin(self) -> None:
+        # A request's deadline starts with its first byte; between requests the keep-alive
+        # timeout (uvicorn's) bounds an idle connection.  Called from the parser, so a
+        # pipelined request's body is never counted as headers.
         super().on_message_begin()
         self._in_head = True
         self._arm()
@@ -103,14 +107,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._too_large = True
             # Raised through the parser, which stops there; data_received answers 431.
             raise _HeadersTooLarge
+        limit = self.limit_concurrency
+        if limit is not None and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            # uvicorn answers it 503 (Stripe retries); counted here, where it is known.
+            metrics.count_rejection("over_capacity")
         super().on_headers_complete()
-
-    def on_response_complete(self) -> None:
-        # The next request's deadline starts with its first byte (until then the
-        # keep-alive timeout, armed by uvicorn here, bounds the idle connection).
-        self._in_head = True
-        self._head_bytes = 0
-        super().on_response_complete()
 
     # -------------------------------------------------------------- the guards
 
