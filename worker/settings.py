@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import lru_cache
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -164,6 +165,37 @@ class Settings(BaseSettings):
     dashboard_base: str = Field(
         "https://dashboard.stripe.com", validation_alias=_env("RECON_STRIPE_DASHBOARD")
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        # Refused at start-up, without quoting it (it holds the password): a URL that cannot
+        # be parsed, or names a driver that is not installed.
+        from sqlalchemy.engine import make_url
+
+        from worker.db import normalize_url
+
+        try:
+            make_url(normalize_url(value)).get_dialect()
+        except Exception as exc:
+            raise ValueError(f"not a usable database URL ({type(exc).__name__})") from None
+        return value
+
+    @field_validator("stripe_api_base", "ticket_webhook_url", "slack_webhook_url", "blnk_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            parts = urlsplit(value)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            parts.port  # noqa: B018  (raises ValueError on a bad port)
+        except ValueError:
+            ok = False
+        if not ok:
+            # Not quoted: a sink URL may carry a token.
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
 
     @field_validator("processing_sla_by_method")
     @classmethod
