@@ -7,6 +7,8 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Connection
+
 from ledger.model import TxnStatus
 from reconcile import inbox, tickets
 from reconcile.engine import Pass, PaymentOutcome
@@ -64,9 +66,10 @@ def process_event(
     refusal = _foreign(svc, row)
     if refusal is not None:
         if not dry_run:
+            # One transaction: an event shown as ignored always has its incident beside it.
             with svc.engine.begin() as conn:
                 inbox.mark_ignored(conn, event_id, now, refusal[1])
-            _refuse(svc, *refusal, run=run)
+                _refuse(svc, conn, *refusal, run=run)
         return ProcessOutcome("ignored", refusal[1], row.payment_id)
     if not inbox.is_handled(row.type):
         return _ignore(svc, event_id, f"event type {row.type} names no PaymentIntent", dry_run)
@@ -129,7 +132,7 @@ def _foreign(svc: Services, row: inbox.InboxRow) -> tuple[str, str] | None:
     return None
 
 
-def _refuse(svc: Services, cause: str, why: str, *, run: RunState | None) -> None:
+def _refuse(svc: Services, conn: Connection, cause: str, why: str, *, run: RunState | None) -> None:
     """One incident ticket per cause (repeats bump it) and a metric: someone must fix the
     webhook endpoint or the key, and until then these events change nothing."""
     svc.hooks.event_refused(cause.split(":", 1)[0])
@@ -147,8 +150,7 @@ def _refuse(svc: Services, cause: str, why: str, *, run: RunState | None) -> Non
         summary=summary,
     )
     spec = TicketSpec(TicketKind.INCIDENT, Severity.HIGH)
-    with svc.engine.begin() as conn:
-        tickets.raise_ticket(conn, spec, facts, run_id=run.id if run else None, sinks=svc.sinks)
+    tickets.raise_ticket(conn, spec, facts, run_id=run.id if run else None, sinks=svc.sinks)
 
 
 def _wait_only(svc: Services, row: inbox.InboxRow, pid: str, now: datetime) -> bool:
