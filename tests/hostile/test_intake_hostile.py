@@ -337,10 +337,23 @@ def test_a_content_length_longer_than_the_body_sent_stores_nothing(intake: Intak
     assert intake.inbox_row(evt["id"]) is None
 
 
-def test_garbage_instead_of_http_is_400_and_the_intake_stays_up(intake: Intake) -> None:
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 200,  # a TLS hello
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",  # the HTTP/2 preface
+        b"POST /webhooks/stripe HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",  # bare CR
+        b"\x00" * 64 + b"\r\n\r\n",
+    ],
+    ids=["tls", "http2", "http9", "bare_cr", "nuls"],
+)
+def test_garbage_instead_of_http_is_400_and_the_intake_stays_up(
+    intake: Intake, garbage: bytes
+) -> None:
     before = intake.rejections("malformed_http")
-    answer = intake.raw(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 200)
-    assert status_of(answer) == 400
+    answer = intake.raw(garbage)
+    assert status_of(answer) == 400, answer[:200]
     assert intake.rejections("malformed_http") == before + 1
     assert intake.request("GET", "/healthz").status_code == 200
 
@@ -357,6 +370,36 @@ def test_an_oversized_header_is_refused_with_431_and_the_connection_closed(
     answer = intake.raw(request)
     assert status_of(answer) == 431, answer[:200]
     assert intake.rejections("headers_too_large") == before + 1
+
+
+def test_a_request_line_longer_than_the_header_limit_is_431(intake: Intake) -> None:
+    path = b"/webhooks/stripe?" + b"a=1&" * MAX_HEADER_BYTES
+    answer = intake.raw(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_of(answer) == 431, answer[:200]
+
+
+def test_two_signature_headers_are_not_merged_the_first_one_counts(intake: Intake) -> None:
+    evt = event(type="customer.updated")
+    body = body_of(evt)
+
+    def deliver(first: str, second: str) -> int | None:
+        return status_of(
+            intake.raw(
+                b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nStripe-Signature: "
+                + first.encode()
+                + b"\r\nStripe-Signature: "
+                + second.encode()
+                + b"\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
+            )
+        )
+
+    assert deliver("t=1,v1=00", sign(body)) == 400
+    assert intake.inbox_row(evt["id"]) is None
+    assert deliver(sign(body), "t=1,v1=00") == 200
+    assert intake.inbox_row(evt["id"]) is not None
 
 
 def test_thousands_of_small_headers_are_refused_with_431(intake: Intake) -> None:
