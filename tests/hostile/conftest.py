@@ -14,9 +14,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="session")
 def intake(pg_admin: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Intake]:
-    service = Intake(tmp_path_factory.mktemp("hostile")).start()
+    service = Intake(tmp_path_factory.mktemp("hostile"))
     try:
-        yield service
+        # Inside the try: a start that fails half-way still drops its schema and role.
+        yield service.start()
     finally:
         service.stop()
 
