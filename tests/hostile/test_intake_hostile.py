@@ -922,6 +922,29 @@ def test_slowloris_body_is_answered_408_and_stores_nothing(intake: Intake) -> No
     assert intake.rejections("slow_body") >= 1
 
 
+@pytest.mark.parametrize("path", [b"/healthz", b"/metrics", b"/nowhere"])
+def test_a_body_trickled_to_another_path_does_not_hold_the_connection(
+    intake: Intake, path: bytes
+) -> None:
+    """Those routes answer without reading a body; the rest of it must still arrive in
+    time, or the connection is closed."""
+    with intake.connect() as sock:
+        sock.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < BODY_TIMEOUT + 4:
+            try:
+                sock.sendall(b"x")
+            except OSError:
+                closed = True
+                break
+            shut, _ = closed_within(sock, 0.3)
+            if shut:
+                closed = True
+                break
+    assert closed, "a client trickling a body to another path held its connection"
+
+
 def test_connections_past_the_cap_are_refused_and_service_resumes(intake: Intake) -> None:
     """Idle sockets up to the cap: a webhook then gets 503 (Stripe retries), never a hang;
     once the header deadline has closed them, webhooks are accepted again."""
