@@ -269,8 +269,12 @@ def test_a_body_declared_larger_than_the_limit_is_413_before_it_is_read(intake: 
         b"Content-Length: 50000000\r\n\r\n" + b"{" * 1000
     )
     before = intake.inbox_count()
+    started = time.monotonic()
     answer = intake.raw(request)
     assert status_of(answer) == 413, answer[:200]
+    # And the connection closed at once: the rest of the body is nobody's to read.
+    assert b"connection: close" in answer.lower()
+    assert time.monotonic() - started < BODY_TIMEOUT
     assert intake.inbox_count() == before
 
 
