@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 from ledger.errors import (
     AlreadyCommitted,
     AlreadyVoided,
@@ -13,16 +15,25 @@ from ledger.model import NewTransaction, Transaction, TxnStatus
 from ledger.money import normalize_currency
 from ledger.protocol import LINK_KEY
 
+# Amounts are stored as 64-bit integers; no real payment comes near this bound (Stripe's
+# own amounts are at most 8 to 12 digits), so anything at or above it is an input error,
+# refused before the database, which would refuse it as an "out of range" failure.  The
+# same bound as reconcile/stripe_objects.py uses for what Stripe sends.
+MAX_AMOUNT: Final = 10**12
+
 
 def is_amount(value: object) -> bool:
-    """A positive integer of minor units (bool is an int subclass, and not an amount)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    """A positive integer of minor units below MAX_AMOUNT (bool is an int subclass, and not
+    an amount)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < MAX_AMOUNT
 
 
 def validate_new(new: NewTransaction) -> NewTransaction:
     """``new`` with its currency normalised, or InvalidInput saying what is wrong."""
     if not is_amount(new.amount):
-        raise InvalidAmount(f"amount must be a positive integer of minor units: {new.amount!r}")
+        raise InvalidAmount(
+            f"amount must be a positive integer of minor units below {MAX_AMOUNT:,}: {new.amount!r}"
+        )
     for label, value in (
         ("reference", new.reference),
         ("source", new.source),

@@ -16,6 +16,7 @@ Concurrency rules:
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -221,7 +222,7 @@ _SETTLE_SET = text(
            AS v(id, was_committed, was_voided, committed, voided, status)
      WHERE t.id = v.id AND t.status = 'INFLIGHT'
        AND t.committed_amount = v.was_committed AND t.voided_amount = v.was_voided
-    RETURNING t.*
+    RETURNING t.id
     """
 )
 # Balances are locked in key order before they are moved, as the single-entry path does
@@ -621,7 +622,7 @@ class SqlLedger:
             planned.append((s, committed, voided, status))
         if self._dialect != "postgresql":
             return [self._settle_rowwise(s, now) for s, *_ in planned]
-        rows = (
+        changed = (
             self.conn.execute(
                 _SETTLE_SET,
                 {
@@ -634,13 +635,13 @@ class SqlLedger:
                     "status": [st.value for *_, st in planned],
                 },
             )
-            .mappings()
+            .scalars()
             .all()
         )
-        if len(rows) != len(planned):
+        if len(changed) != len(planned):
             raise StateError(
-                f"{len(planned) - len(rows)} of {len(planned)} entries changed after they were "
-                "locked and read"
+                f"{len(planned) - len(changed)} of {len(planned)} entries changed after they "
+                "were locked and read"
             )
         deltas: dict[tuple[str, str], list[int]] = {}
         tids: list[str] = []
@@ -677,8 +678,18 @@ class SqlLedger:
             },
         )
         self.conn.execute(_POST_SET, {"now": now, "tids": tids, "kinds": kinds, "amounts": amounts})
-        by_id = {row["id"]: _row_to_txn(row) for row in rows}
-        return [by_id[s.txn.id] for s, *_ in planned]
+        # The rows now hold exactly what was written (they were locked and matched the state
+        # they were read in), so the new states need no second read.
+        return [
+            dataclasses.replace(
+                s.txn,
+                committed_amount=committed,
+                voided_amount=voided,
+                status=status,
+                updated_at=now,
+            )
+            for s, committed, voided, status in planned
+        ]
 
     def _settle_rowwise(self, s: Settlement, now: datetime) -> Transaction:
         # SQLite: the file is already held by this writer (BEGIN IMMEDIATE); one entry at a
@@ -726,6 +737,25 @@ class SqlLedger:
         rows = self.conn.execute(stmt).mappings().all()
         return sorted((_row_to_txn(r) for r in rows), key=lambda t: (t.created_at, t.id))
 
+    def inflight_quantiles(self, older_than: datetime, parts: int) -> list[datetime]:
+        """Creation times that cut the INFLIGHT entries older than ``older_than`` into
+        ``parts`` runs of about equal size (``parts - 1`` of them, ascending)."""
+        t = transactions
+        if parts <= 1:
+            return []
+        stmt = (
+            select(t.c.created_at)
+            .where(t.c.status == TxnStatus.INFLIGHT.value, t.c.created_at < older_than)
+            .order_by(t.c.created_at)
+        )
+        total = self.conn.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+        out: list[datetime] = []
+        for k in range(1, parts):
+            at = self.conn.execute(stmt.offset(total * k // parts).limit(1)).scalar()
+            if at is not None and (not out or at > out[-1]):
+                out.append(at)
+        return out
+
     def list_inflight(
         self, older_than: datetime, limit: int, after: tuple[datetime, str] | None = None
     ) -> Sequence[Transaction]:
@@ -758,9 +788,14 @@ class SqlLedger:
 
     def release(self, references: Sequence[str]) -> None:
         if references:
+            # Only rows still claimed: a settled row gave its claim back when it changed,
+            # and rewriting it anyway would leave a dead row version for nothing.
             self.conn.execute(
                 update(transactions)
-                .where(transactions.c.reference.in_(list(references)))
+                .where(
+                    transactions.c.reference.in_(list(references)),
+                    transactions.c.claimed_until.is_not(None),
+                )
                 .values(claimed_until=None)
             )
 

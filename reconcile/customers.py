@@ -21,6 +21,7 @@ anyone's back: two customers sharing a name stay two candidates.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -66,7 +67,9 @@ def normalize_email(value: Any) -> str | None:
     """A plausible email, trimmed and lower-cased, or None (absent or not an email)."""
     if not isinstance(value, str):
         return None
-    email = value.strip().lower()
+    # NFKC: "José" typed composed or decomposed, or in full-width letters, is one address;
+    # look-alikes from other scripts (a Cyrillic o) stay different addresses.
+    email = unicodedata.normalize("NFKC", value).strip().lower()
     if len(email) > 320 or not _EMAIL.fullmatch(email):
         return None
     return email

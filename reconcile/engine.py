@@ -14,7 +14,7 @@ the ledger carries its audit row written the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -375,6 +375,10 @@ class Pass:
         self.planned_new_tickets = 0
         self.outcomes: list[PaymentOutcome] = []
         self.counts: dict[str, int] = run.counts if run is not None else {}
+        # Where the customer index of a handled batch is written (None: at once, here).  A
+        # sweep hands it to a thread of its own, so that it overlaps the next batch: it
+        # records whose payments these are and moves no money.
+        self.index_later: Callable[[Callable[[], None]], None] | None = None
 
     def _count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
@@ -394,8 +398,14 @@ class Pass:
             open_by_payment = tk.open_kinds(conn, [i.payment_id for i in items])
             conn.rollback()
             self._plan_and_act(conn, items, open_by_payment, now)
-            if not self.dry_run:
+            if not self.dry_run and self.index_later is None:
                 self._index(conn, items)
+        if not self.dry_run and self.index_later is not None:
+            self.index_later(lambda: self._index_own(items))
+
+    def _index_own(self, items: Sequence[Item]) -> None:
+        with self.svc.engine.connect() as conn:
+            self._index(conn, items)
 
     def _index(self, conn: Connection, items: Sequence[Item]) -> None:
         """Write down whose payments these are (the customer index), one transaction."""

@@ -9,6 +9,11 @@ _PART = re.compile(r"(\d+)([smhdw])")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+# Longer than any window this service reasons about (Stripe keeps events 30 days, the
+# oldest payments are years old), short enough that ``now - duration`` stays a date.
+MAX_DURATION = timedelta(days=100 * 366)
+
+
 class BadDuration(ValueError):
     pass
 
@@ -17,11 +22,16 @@ def parse_duration(text: str | int | float | timedelta) -> timedelta:
     if isinstance(text, timedelta):
         return text
     if isinstance(text, int | float) and not isinstance(text, bool):
+        if not abs(text) <= MAX_DURATION.total_seconds():  # also refuses NaN
+            raise BadDuration(f"{text!r} seconds is out of range")
         return timedelta(seconds=text)
     raw = str(text).strip().lower()
     if not raw or not re.fullmatch(r"(\d+[smhdw])+", raw):
         raise BadDuration(f"not a duration: {text!r} (write it like 0s, 90s, 10m, 2h, 3d or 1h30m)")
-    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in _PART.findall(raw)))
+    seconds = sum(int(n) * _UNITS[u] for n, u in _PART.findall(raw))
+    if seconds > MAX_DURATION.total_seconds():
+        raise BadDuration(f"{raw[:40]} is longer than {MAX_DURATION.days:,} days")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(delta: timedelta) -> str:
@@ -51,4 +61,8 @@ def parse_when(text: str, now: datetime) -> datetime:
         raise BadDuration(
             f"not a time: {text!r} (ISO 8601 like 2026-11-22T03:00:00Z, or a duration like 2h)"
         ) from exc
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    when = when if when.tzinfo else when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError as exc:  # 9999-12-31T23:59-14:00 has no UTC date
+        raise BadDuration(f"not a time: {text!r} (out of range)") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import lru_cache
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -47,6 +48,11 @@ class Settings(BaseSettings):
     )
     stripe_endpoint_rate_limit: float = Field(
         20.0, validation_alias=_env("RECON_STRIPE_ENDPOINT_RATE_LIMIT"), gt=0
+    )
+    # Requests one burst may take at once (None: a tenth of a second's worth).  1 spaces
+    # every request evenly: then no clock second holds more than the rate, rounded up.
+    stripe_rate_burst: int | None = Field(
+        None, validation_alias=_env("RECON_STRIPE_RATE_BURST"), ge=1, le=100
     )
     stripe_api_version: str = Field(
         STRIPE_API_VERSION, validation_alias=_env("RECON_STRIPE_API_VERSION"), min_length=10
@@ -152,10 +158,44 @@ class Settings(BaseSettings):
     intake_max_header_bytes: int = Field(
         32 * 1024, validation_alias=_env("RECON_INTAKE_MAX_HEADER_BYTES"), ge=1024
     )
+    sweep_read_ahead: int = Field(
+        2000, validation_alias=_env("RECON_SWEEP_READ_AHEAD"), gt=0, le=20_000
+    )
 
     dashboard_base: str = Field(
         "https://dashboard.stripe.com", validation_alias=_env("RECON_STRIPE_DASHBOARD")
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        # Refused at start-up, without quoting it (it holds the password): a URL that cannot
+        # be parsed, or names a driver that is not installed.
+        from sqlalchemy.engine import make_url
+
+        from worker.db import normalize_url
+
+        try:
+            make_url(normalize_url(value)).get_dialect()
+        except Exception as exc:
+            raise ValueError(f"not a usable database URL ({type(exc).__name__})") from None
+        return value
+
+    @field_validator("stripe_api_base", "ticket_webhook_url", "slack_webhook_url", "blnk_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            parts = urlsplit(value)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            parts.port  # noqa: B018  (raises ValueError on a bad port)
+        except ValueError:
+            ok = False
+        if not ok:
+            # Not quoted: a sink URL may carry a token.
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
 
     @field_validator("processing_sla_by_method")
     @classmethod

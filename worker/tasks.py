@@ -214,11 +214,16 @@ def sweep(
     older_than_seconds: float | None = None,
     limit: int | None = None,
     rerun_of: int | None = None,
+    newer_than: str | None = None,
+    created_before: str | None = None,
 ) -> dict[str, Any]:
     from reconcile import usecases
 
+    # One part of a split backlog (``recon sweep --parts``) holds a lock of its own, so
+    # that the parts run side by side while each part still runs once.
+    part = newer_than is not None or created_before is not None
     return _run_job(
-        "recon.sweep",
+        f"recon.sweep:{newer_than or ''}:{created_before or ''}" if part else "recon.sweep",
         usecases.run_sweep,
         trigger=trigger,
         actor=actor,
@@ -226,6 +231,8 @@ def sweep(
         older_than=_seconds(older_than_seconds),
         limit=limit,
         rerun_of=rerun_of,
+        newer_than=_time(newer_than),
+        created_before=_time(created_before),
     )
 
 

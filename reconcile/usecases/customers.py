@@ -204,6 +204,8 @@ def lookup_customer(
         raise BadRequest("the query is empty: give an email, a name, cus_..., a balance or pi_...")
     if len(q) > QUERY_MAX:
         raise BadRequest(f"the query is longer than {QUERY_MAX} characters")
+    if "\x00" in q:
+        raise BadRequest("the query contains a NUL character")
     with svc.engine.connect() as conn:
         matched_by, ids = customers.find(conn, q)
         if not ids and matched_by == "payment":

@@ -115,6 +115,9 @@ def _check_note(note: str) -> str:
         raise BadRequest("--note must say why (it is stored with the fix and the ticket)")
     if len(note) > NOTE_MAX:
         raise BadRequest(f"--note is longer than {NOTE_MAX} characters")
+    if "\x00" in note:
+        # PostgreSQL text cannot hold NUL: refused here, not reported as a database outage.
+        raise BadRequest("--note contains a NUL character, which cannot be stored")
     return note
 
 

@@ -9,7 +9,9 @@ recorded on the partial run.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -111,8 +113,10 @@ def run_sweep(
     start: tuple[datetime, str] | None = (newer_than, "") if newer_than is not None else None
     after = start
     ahead = _Ahead(svc, ReadAhead(gw), cutoff, start, limit)
+    indexer = _Later()
+    p.index_later = indexer.submit
     try:
-        with ahead.reader:
+        with ahead.reader, indexer:
             while limit is None or done < limit:
                 size = svc.sweep_batch if limit is None else min(svc.sweep_batch, limit - done)
                 try:
@@ -164,6 +168,50 @@ def run_sweep(
         fail(svc, state, gw, exc)
         raise
     return end(svc, state, gw, p)
+
+
+SweepPart = tuple[datetime | None, datetime | None]
+
+
+def split_sweep(
+    svc: Services, *, parts: int, older_than: timedelta | None = None
+) -> list[SweepPart]:
+    """Cut the backlog of inflight entries into ``parts`` creation windows of about equal
+    size, ``[newer_than, created_before)`` each (None: open), for as many workers.
+
+    A ledger that cannot count its entries (Blnk) gives one part: the whole backlog.
+    """
+    cutoff = svc.clock() - (older_than if older_than is not None else svc.sweep_min_age)
+    with svc.engine.connect() as conn:
+        quantiles = getattr(svc.ledger_for(conn), "inflight_quantiles", None)
+        bounds: list[datetime] = list(quantiles(cutoff, parts)) if quantiles else []
+    edges: list[datetime | None] = [None, *bounds, None]
+    return [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+
+
+class _Later:
+    """One thread that runs, in order, what may trail the batch that asked for it."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sweep-index")
+        self._pending: deque[Future[None]] = deque()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        while self._pending and self._pending[0].done():
+            self._pending.popleft().result()
+        if len(self._pending) >= 2:  # never more than a batch or two behind
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(fn))
+
+    def __enter__(self) -> _Later:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True)
 
 
 class _Ahead:

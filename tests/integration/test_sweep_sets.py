@@ -20,7 +20,7 @@ from ledger.sql import SqlLedger, postings, transactions
 from reconcile import engine as engine_module
 from reconcile.engine import Item, Pass
 from reconcile.tables import audit, tickets
-from reconcile.usecases import run_sweep
+from reconcile.usecases import run_sweep, split_sweep
 from tests.stripe_server import run_server
 from tests.support import ago, epoch, make_services, seed_entry
 from worker.schema import all_metadata
@@ -237,4 +237,30 @@ def test_a_poisoned_entry_gets_a_ticket_while_the_rest_of_its_batch_is_committed
         ).scalars()
         assert list(kinds) == ["unknown_payment"]
     assert result.counts["commit"] == 20
+    _invariants_hold(books)
+
+
+def test_a_backlog_split_into_parts_is_swept_once_whole_by_sweeps_of_each_part(
+    books: Engine, stripe: Any
+) -> None:
+    ids = _seed(books, stripe, 30)
+    svc = make_services(books, stripe.url, stripe.api_key)
+    parts = split_sweep(svc, parts=3, older_than=timedelta(0))
+    assert len(parts) == 3
+    assert parts[0][0] is None and parts[-1][1] is None
+    assert parts[0][1] == parts[1][0] and parts[1][1] == parts[2][0]
+    examined = []
+    for lo, hi in parts:
+        result = run_sweep(
+            svc,
+            trigger="test",
+            actor="test",
+            older_than=timedelta(0),
+            newer_than=lo,
+            created_before=hi,
+        )
+        examined.append(result.counts["examined"])
+    assert examined == [10, 10, 10]
+    assert set(_status(books).values()) == {"APPLIED"}
+    assert _postings(books, "commit") == dict.fromkeys(ids, 1)
     _invariants_hold(books)

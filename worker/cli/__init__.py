@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import click
 import typer
 from sqlalchemy.exc import DBAPIError
 from typer.core import TyperGroup
@@ -19,19 +20,26 @@ from worker.cli import (
     report_cmds,
     tickets_cmds,
 )
-from worker.cli.context import app_state, database_problem
-from worker.cli.output import EXIT_ATTENTION, fail, print_json, say
+from worker.cli.context import app_state, database_problem, fail_database
+from worker.cli.output import EXIT_ATTENTION, EXIT_USAGE, fail, print_json, say
 from worker.logs import configure_logging
 
 
 class _Recon(TyperGroup):
-    """Every command: a database that is down or not migrated is one line, never a trace."""
+    """Every command: a database that is down or not migrated is one line, never a trace;
+    so is bad usage (click's own box would quote the input over several lines)."""
 
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "recon"
+            fail(f"{exc.format_message()} (see `{where} -h`)", EXIT_USAGE)
         except DBAPIError as exc:
-            fail(database_problem(exc), EXIT_ATTENTION)
+            # A value PostgreSQL refuses (out of range, NUL...) is bad input, not an outage.
+            fail_database(exc)
 
 
 app = typer.Typer(

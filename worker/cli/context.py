@@ -6,10 +6,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NoReturn
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DataError, DBAPIError, NoSuchModuleError
 
 from ledger.errors import LedgerError
 from ledger.protocol import Ledger, rehearsal
@@ -29,17 +30,27 @@ class App:
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-            fail(f"bad configuration: {where}: {first.get('msg')}")
+            # The message, never the value: a setting may hold a secret (a key, a URL with
+            # its password), and pydantic's messages quote what they refused.
+            fail(f"bad configuration: {where}: {redact(str(first.get('msg')))}")
 
     @cached_property
     def engine(self) -> Engine:
-        return engine_for(self.settings.database_url)
+        url = self.settings.database_url
+        try:
+            return engine_for(url)
+        except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+            # The URL itself is not shown: it holds the database password.
+            fail(f"bad configuration: RECON_DATABASE_URL is not a usable database URL "
+                 f"({type(exc).__name__})")  # fmt: skip
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
         try:
             with self.engine.begin() as conn:
                 yield conn
+        except DataError as exc:
+            fail_database(exc)
         except DBAPIError as exc:
             fail(database_problem(exc), 1)
 
@@ -90,10 +101,20 @@ app_state = App()
 _NOT_MIGRATED = ("no such table", "does not exist", "no such column", "undefinedtable")
 
 
-def database_problem(exc: DBAPIError) -> str:
+def fail_database(exc: DBAPIError) -> NoReturn:
+    """End the command in one line: exit 2 when the database refused a value (out of range,
+    a NUL...), which is bad input and no outage; exit 1 when the database is the problem."""
+    if isinstance(exc, DataError):
+        fail(f"the database refused a value: {database_problem(exc, outage=False)}")
+    fail(database_problem(exc), EXIT_ATTENTION)
+
+
+def database_problem(exc: DBAPIError, *, outage: bool = True) -> str:
     """One line saying what is wrong with the database, secrets masked."""
     detail = str(exc.orig if exc.orig is not None else exc).strip().splitlines()
     first = redact(detail[0] if detail else type(exc).__name__)
+    if not outage:
+        return first
     if any(m in first.lower() for m in _NOT_MIGRATED):
         return (
             f"the database is not migrated to this version ({first}); run `recon db upgrade` first"

@@ -134,7 +134,7 @@ def customer(
 ) -> None:
     """A customer's balances, recent transactions, tickets and what to tell them, without
     calling Stripe (unless --refresh)."""
-    from worker.cli.jobs_cmds import _operator, _services
+    from worker.cli.jobs_cmds import _operator, _services, stripe_failed
 
     svc, gw = _services() if refresh else (app_state.services(), None)
     try:
@@ -146,7 +146,7 @@ def customer(
     except BadRequest as exc:
         fail(str(exc))
     except StripeGatewayError as exc:
-        fail(f"Stripe could not be read, nothing changed: {exc}", EXIT_ATTENTION)
+        stripe_failed(exc, "Stripe could not be read, nothing changed: ")
     if as_json:
         print_json(found.as_dict())
     else:

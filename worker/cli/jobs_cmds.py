@@ -13,14 +13,19 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from reconcile.engine import to_entry
 from reconcile.ports import Services
 from reconcile.runs import RunResult
-from reconcile.stripe_gateway import StripeGateway, StripeGatewayError
+from reconcile.stripe_gateway import (
+    InvalidStripeId,
+    StripeGateway,
+    StripeGatewayError,
+    check_id,
+)
 from reconcile.tickets import entry_state, payment_state
 from reconcile.usecases import (
     BadRequest,
@@ -32,6 +37,7 @@ from reconcile.usecases import (
     run_catch_up,
     run_scan,
     run_sweep,
+    split_sweep,
 )
 from reconcile.views import list_runs, run_with_audit
 from worker.cli.context import app_state
@@ -39,6 +45,7 @@ from worker.cli.output import (
     COUNT_LEGEND,
     EXIT_ATTENTION,
     EXIT_USAGE,
+    MAX_ID,
     counts_line,
     counts_table,
     err_console,
@@ -64,6 +71,8 @@ DryRunOpt = Annotated[
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 ByOpt = Annotated[str | None, typer.Option("--by", help="Operator name (default: your login).")]
 
+RunIdArg = Annotated[int, typer.Argument(min=1, max=MAX_ID, help="Run id.")]
+
 runs_app = typer.Typer(help="Recorded job runs.", invoke_without_command=True)
 
 
@@ -76,6 +85,23 @@ def _operator(by: str | None) -> str:
     if not name or len(name) > 100 or safe(name) != name:
         fail("--by must be a name of at most 100 printable characters")
     return name
+
+
+def stripe_failed(exc: StripeGatewayError, prefix: str = "Stripe: ") -> NoReturn:
+    """A Stripe error as one line: an id that is no Stripe id is bad input (exit 2, nothing
+    was sent); anything else is Stripe's answer (exit 1)."""
+    if isinstance(exc, InvalidStripeId):
+        fail(str(exc))
+    fail(f"{prefix}{exc}", EXIT_ATTENTION)
+
+
+def stripe_id(value: str, prefix: str, what: str) -> str:
+    """``value`` when it has the shape of a Stripe id (checked before the database or
+    Stripe sees it: path characters, NUL, a length past Stripe's); else exit 2."""
+    try:
+        return check_id(value, prefix, what)
+    except InvalidStripeId as exc:
+        fail(str(exc))
 
 
 def _services() -> tuple[Services, StripeGateway]:
@@ -217,10 +243,10 @@ def _run_job(job: Callable[..., RunResult], label: str, unit: str, **kw: Any) ->
             return job(progress=progress, **kw)
     except NotFound as exc:
         fail(str(exc))
+    except StripeGatewayError as exc:
+        stripe_failed(exc)
     except (BadRequest, ValueError) as exc:
         fail(str(exc))
-    except StripeGatewayError as exc:
-        fail(f"Stripe: {exc}", EXIT_ATTENTION)
 
 
 # -- the jobs -------------------------------------------------------------------------------
@@ -237,11 +263,22 @@ def sweep(
     older_than: Annotated[
         str | None, typer.Option("--older-than", help="Minimum entry age, e.g. 10m.")
     ] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="At most this many entries.")] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, max=10_000_000, help="At most this many entries.")
+    ] = None,
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     by: ByOpt = None,
     as_json: JsonOpt = False,
+    parts: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Split the backlog into N creation windows of equal size, one sweep task "
+            "each, for the Celery workers to share (needs RECON_BROKER_URL).",
+        ),
+    ] = 1,
 ) -> None:
     """Reconcile inflight ledger entries older than --older-than (default RECON_SWEEP_MIN_AGE)."""
     try:
@@ -250,6 +287,9 @@ def sweep(
         fail(f"--older-than: {exc}")
     svc, _ = _services()
     age = age if age is not None else svc.sweep_min_age
+    if parts > 1:
+        _sweep_parts(svc, age, parts, dry_run, limit, yes, by, as_json)
+        return
     if not dry_run:
         _confirm_sweep(svc, age, limit, yes)
     result = _run_job(
@@ -264,6 +304,48 @@ def sweep(
         limit=limit,
     )
     _finish(result, dry_run, as_json)
+
+
+def _sweep_parts(
+    svc: Services,
+    age: timedelta,
+    parts: int,
+    dry_run: bool,
+    limit: int | None,
+    yes: bool,
+    by: str | None,
+    as_json: bool,
+) -> None:
+    from worker.celery_app import app
+    from worker.queue import enqueue_sweep_parts
+
+    if dry_run or limit is not None:
+        fail("--parts sends the whole backlog to the workers: drop --dry-run and --limit")
+    _confirm_sweep(svc, age, None, yes)
+    windows = split_sweep(svc, parts=parts, older_than=age)
+    try:
+        ids = enqueue_sweep_parts(
+            windows, app=app, older_than_seconds=age.total_seconds(), actor=_operator(by)
+        )
+    except RuntimeError as exc:
+        fail(str(exc))
+    rows = [
+        {
+            "task_id": task_id,
+            "newer_than": lo.isoformat() if lo else None,
+            "created_before": hi.isoformat() if hi else None,
+        }
+        for task_id, (lo, hi) in zip(ids, windows, strict=True)
+    ]
+    if as_json:
+        print_json({"parts": rows})
+        return
+    for row in rows:
+        say(
+            f"part {row['newer_than'] or '(oldest)'} .. {row['created_before'] or '(cutoff)'}: "
+            f"task {row['task_id']}"
+        )
+    say(f"{len(rows)} sweep part(s) sent to the workers; follow them with `recon runs`")
 
 
 def catch_up(
@@ -336,10 +418,10 @@ def _payment(payment_id: str, dry_run: bool, actor: str, as_json: bool) -> None:
         )
     except NotFound as exc:
         fail(str(exc))
+    except StripeGatewayError as exc:
+        stripe_failed(exc)
     except ValueError as exc:
         fail(str(exc))
-    except StripeGatewayError as exc:
-        fail(f"Stripe: {exc}", EXIT_ATTENTION)
     stripe_view, ledger_view = payment_state(outcome.payment), entry_state(to_entry(txn))
     d = outcome.decision
     decision = {"action": d.action.value, "reason": str(d.reason)}
@@ -401,7 +483,7 @@ def payment(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one payment on Stripe and in the ledger, the decision, then act on it."""
-    _payment(payment_id, dry_run, _operator(by), as_json)
+    _payment(stripe_id(payment_id, "pi_", "a PaymentIntent"), dry_run, _operator(by), as_json)
 
 
 def _replay(event_id: str, dry_run: bool, actor: str, as_json: bool) -> None:
@@ -411,7 +493,7 @@ def _replay(event_id: str, dry_run: bool, actor: str, as_json: bool) -> None:
     except NotFound as exc:
         fail(str(exc))
     except StripeGatewayError as exc:
-        fail(f"Stripe: {exc}", EXIT_ATTENTION)
+        stripe_failed(exc)
     if not as_json:
         if res.event_status == "not_stored":
             say(f"dry run: event {event_id} would be stored; its payment {res.payment_id}:")
@@ -429,7 +511,7 @@ def replay(
     as_json: JsonOpt = False,
 ) -> None:
     """Re-process one event (fetched from Stripe when the inbox does not have it)."""
-    _replay(event_id, dry_run, _operator(by), as_json)
+    _replay(stripe_id(event_id, "evt_", "an event"), dry_run, _operator(by), as_json)
 
 
 # -- runs -----------------------------------------------------------------------------------
@@ -499,7 +581,7 @@ def runs_list(
 
 @runs_app.command("show")
 def runs_show(
-    run_id: Annotated[int, typer.Argument(help="Run id.")],
+    run_id: RunIdArg,
     as_json: JsonOpt = False,
 ) -> None:
     """One run in full: what, when, why it stopped, its counts and its ledger actions."""
@@ -568,7 +650,7 @@ def runs_show(
 
 
 def rerun_cmd(
-    run_id: Annotated[int, typer.Argument(help="The run to repeat.")],
+    run_id: Annotated[int, typer.Argument(min=1, max=MAX_ID, help="The run to repeat.")],
     dry_run: DryRunOpt = False,
     yes: YesOpt = False,
     by: ByOpt = None,

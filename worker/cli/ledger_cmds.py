@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
 
+from ledger.checks import MAX_AMOUNT
 from ledger.errors import InvalidInput, LedgerError
 from ledger.model import NewTransaction, Transaction
 from reconcile.checks import FixAction
@@ -15,6 +17,7 @@ from reconcile.usecases import BadRequest, NotFound, fix_payment
 from worker.cli.context import app_state
 from worker.cli.output import (
     EXIT_ATTENTION,
+    check_text,
     fail,
     kv,
     money,
@@ -35,25 +38,40 @@ DryRunOpt = Annotated[
 ]
 
 
+# Stripe's own metadata limits (50 keys, keys of 40 characters, values of 500: "Metadata",
+# https://docs.stripe.com/api/metadata): what an application could copy from a PaymentIntent.
+META_KEYS, META_KEY_LEN, META_VALUE_LEN = 50, 40, 500
+
+
 def _parse_meta(pairs: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
+    if len(pairs) > META_KEYS:
+        fail(f"--meta: at most {META_KEYS} keys")
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            fail(f"--meta takes KEY=VALUE, got {pair!r}")
+            fail(f"--meta takes KEY=VALUE, got {pair[:60]!r}")
+        check_text(key, "--meta key", META_KEY_LEN)
+        check_text(value, f"--meta {key.strip()}", META_VALUE_LEN)
         out[key.strip()] = value
     return out
 
 
+_DIGITS = re.compile(r"[0-9]{1,30}")
+
+
 def _parse_amount(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
+    # ASCII digits only: int() would also take Arabic-Indic digits, "1_000" and " 5 ".
+    if not _DIGITS.fullmatch(text.lstrip("-")):
         fail(
-            f"amount must be a whole number of minor units (e.g. 5000 for 50.00 USD), got {text!r}"
+            "amount must be a whole number of minor units (e.g. 5000 for 50.00 USD), "
+            f"got {text[:40]!r}"
         )
+    value = int(text)
     if value <= 0:
         fail(f"amount must be positive, got {value}")
+    if value >= MAX_AMOUNT:
+        fail(f"amount must be less than {MAX_AMOUNT:,} minor units, got {text[:40]}")
     return value
 
 
@@ -113,6 +131,10 @@ def inflight(
             fail(f"--expires-at must be ISO 8601 (2026-11-23T12:00:00Z), got {expires_at!r}")
         if expiry.tzinfo is None:
             expiry = expiry.replace(tzinfo=UTC)
+        try:
+            expiry = expiry.astimezone(UTC)
+        except OverflowError:
+            fail(f"--expires-at is out of range: {expires_at[:40]!r}")
     new = NewTransaction(
         reference=reference,
         source=source,
@@ -211,8 +233,10 @@ def _fix(
 ) -> None:
     # The same checked, audited fix as `recon tickets resolve`: Stripe is read first and a
     # fix it contradicts is refused; the audit row names the operator and the note.
-    from worker.cli.jobs_cmds import _operator, _services
+    from worker.cli.jobs_cmds import _operator, _services, stripe_failed, stripe_id
 
+    # Read on Stripe before anything changes: it must be a PaymentIntent id.
+    reference = stripe_id(reference, "pi_", "a PaymentIntent")
     svc, gw = _services()
     try:
         res = fix_payment(svc, reference, action, note, _operator(by), dry_run=dry_run, gateway=gw)
@@ -221,7 +245,7 @@ def _fix(
     except BadRequest as exc:
         fail(str(exc))
     except StripeGatewayError as exc:
-        fail(f"Stripe could not be read, nothing changed: {exc}", EXIT_ATTENTION)
+        stripe_failed(exc, "Stripe could not be read, nothing changed: ")
     except LedgerError as exc:
         fail(str(exc), EXIT_ATTENTION)
     if as_json:

@@ -30,6 +30,9 @@ EXIT_OK = 0
 EXIT_ATTENTION = 1  # done, but discrepancies or errors remain
 EXIT_USAGE = 2  # bad usage or bad input
 
+# Row ids are PostgreSQL bigints: a larger number is bad input, not a database outage.
+MAX_ID = 2**63 - 1
+
 # C0 controls (but tab), DEL, C1 controls, and the Unicode line/paragraph separators and
 # bidirectional overrides that can reorder or hide what a terminal shows.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -39,6 +42,17 @@ def safe(value: Any) -> str:
     """``value`` as text with control characters shown (``\\x1b``), never executed."""
     text = "" if value is None else str(value)
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def check_text(value: str, what: str, max_len: int) -> str:
+    """``value`` when the database can store it: no NUL (PostgreSQL text cannot hold one)
+    and at most ``max_len`` characters; else a one-line error, exit 2.  Other control
+    characters are data: stored as typed, shown escaped (:func:`safe`)."""
+    if "\x00" in value:
+        fail(f"{what} contains a NUL character, which cannot be stored")
+    if len(value) > max_len:
+        fail(f"{what} is longer than {max_len:,} characters")
+    return value
 
 
 def styled(text: str, style: str) -> Text:

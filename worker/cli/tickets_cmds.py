@@ -15,9 +15,18 @@ from reconcile.usecases import BadRequest, NotFound, resolve_ticket
 from reconcile.views import list_tickets as view_tickets
 from reconcile.views import ticket_with_history
 from worker.cli.context import app_state
-from worker.cli.jobs_cmds import ByOpt, DryRunOpt, JsonOpt, _operator, _services, state_pairs
+from worker.cli.jobs_cmds import (
+    ByOpt,
+    DryRunOpt,
+    JsonOpt,
+    _operator,
+    _services,
+    state_pairs,
+    stripe_failed,
+)
 from worker.cli.output import (
     EXIT_ATTENTION,
+    MAX_ID,
     age,
     fail,
     kv,
@@ -30,6 +39,8 @@ from worker.cli.output import (
 )
 
 app = typer.Typer(help="Discrepancy tickets.", invoke_without_command=True)
+
+TicketIdArg = Annotated[int, typer.Argument(min=1, max=MAX_ID, help="Ticket id.")]
 
 _LIST_KEYS = (
     "id", "kind", "severity", "status", "payment_id", "reference", "occurrences", "opened_at",
@@ -121,7 +132,7 @@ def list_tickets(
 
 @app.command()
 def show(
-    ticket_id: Annotated[int, typer.Argument(help="Ticket id.")],
+    ticket_id: TicketIdArg,
     as_json: JsonOpt = False,
 ) -> None:
     """Everything about one ticket: summary, customer, both states, fix, message, history."""
@@ -192,7 +203,7 @@ def _state_line(state: dict[str, Any] | None) -> str:
 
 @app.command()
 def resolve(
-    ticket_id: Annotated[int, typer.Argument(help="Ticket id.")],
+    ticket_id: TicketIdArg,
     action: Annotated[str, typer.Option(help=f"One of {', '.join(ACTIONS)}.")],
     note: Annotated[str, typer.Option(help="Why; stored as the ticket's resolution.")],
     by: ByOpt = None,
@@ -212,7 +223,7 @@ def resolve(
     except BadRequest as exc:
         fail(str(exc))
     except StripeGatewayError as exc:
-        fail(f"Stripe could not be read, nothing changed: {exc}", EXIT_ATTENTION)
+        stripe_failed(exc, "Stripe could not be read, nothing changed: ")
     if as_json:
         print_json(res.as_dict())
     elif res.done:
