@@ -168,8 +168,9 @@ def payment_for_event(
     svc: Services, payload: Mapping[str, Any], pid: str, gateway: StripeGateway | None
 ) -> Payment | None:
     """What Stripe says about the event's payment: the payload when it is authoritative
-    (a terminal status, the entry still INFLIGHT, the evidence complete), else a fresh read
-    with the charge expanded."""
+    (a terminal status, the entry still INFLIGHT, the evidence complete) or malformed (then
+    it is decided as it is: a ticket, no money moved), else a fresh read with the charge
+    expanded."""
     data = payload.get("data")
     obj = data.get("object") if isinstance(data, Mapping) else None
     obj = obj if isinstance(obj, Mapping) else {}
@@ -178,29 +179,29 @@ def payment_for_event(
         and obj.get("object") == "payment_intent"
         and obj.get("id") == pid
     ):
+        version = payload.get("api_version")
+        rendered_in = version if isinstance(version, str) else None
+        seen = payment_from_stripe(obj, api_version=rendered_in)
         # A terminal status never changes again, so the payload is authoritative for acting
-        # on an INFLIGHT entry: commit or void at once.  It never carries refunds or
-        # disputes, so with no entry (create_missing) or a settled one, re-read instead.
-        with svc.engine.connect() as conn:
-            txn = svc.ledger_for(conn).find_linked(pid)
-        if txn is not None and txn.status is TxnStatus.INFLIGHT:
-            version = payload.get("api_version")
-            rendered_in = version if isinstance(version, str) else None
-            seen = payment_from_stripe(obj, api_version=rendered_in)
-            if seen.problems:
-                # Signed but malformed (``amount_received: true``, ``4999.9``, a currency
-                # that is not ISO 4217, a status nobody knows): from Stripe a bug, from
-                # anyone else a leaked secret.  Either way nothing moves on it, whatever
-                # Stripe would say if asked: decided as it is, it opens an
-                # unverifiable_payment ticket; the sweep reads the payment afresh later.
-                return seen
-            # A payload without the evidence (an old version's, without amount_received)
-            # is no reason for a ticket while Stripe can still be asked.
-            if seen.status is PaymentStatus.CANCELED or (
-                seen.status is PaymentStatus.SUCCEEDED
-                and seen.amount_received is not None
-                and seen.currency is not None
-            ):
+        # on an INFLIGHT entry: commit or void at once.  A payload without the evidence (an
+        # old version's, without amount_received) is no reason for a ticket while Stripe
+        # can still be asked.
+        authoritative = seen.status is PaymentStatus.CANCELED or (
+            seen.status is PaymentStatus.SUCCEEDED
+            and seen.amount_received is not None
+            and seen.currency is not None
+        )
+        # Signed but malformed (``amount_received: true``, ``4999.9``, a currency that is
+        # not ISO 4217, a status nobody knows): from Stripe a bug, from anyone else a leaked
+        # secret.  Either way nothing moves on it, whatever Stripe would say if asked:
+        # decided as it is, it opens an unverifiable_payment ticket; the sweep reads the
+        # payment afresh later.
+        if seen.problems or authoritative:
+            # It never carries refunds or disputes, so with no entry (create_missing) or a
+            # settled one, re-read instead.
+            with svc.engine.connect() as conn:
+                txn = svc.ledger_for(conn).find_linked(pid)
+            if txn is not None and txn.status is TxnStatus.INFLIGHT:
                 return seen
     payment = (gateway or svc.new_gateway()).retrieve(pid)
     if payment is not None and obj.get("object") == "radar.early_fraud_warning":

@@ -269,8 +269,12 @@ def test_a_body_declared_larger_than_the_limit_is_413_before_it_is_read(intake: 
         b"Content-Length: 50000000\r\n\r\n" + b"{" * 1000
     )
     before = intake.inbox_count()
+    started = time.monotonic()
     answer = intake.raw(request)
     assert status_of(answer) == 413, answer[:200]
+    # And the connection closed at once: the rest of the body is nobody's to read.
+    assert b"connection: close" in answer.lower()
+    assert time.monotonic() - started < BODY_TIMEOUT
     assert intake.inbox_count() == before
 
 
@@ -337,10 +341,23 @@ def test_a_content_length_longer_than_the_body_sent_stores_nothing(intake: Intak
     assert intake.inbox_row(evt["id"]) is None
 
 
-def test_garbage_instead_of_http_is_400_and_the_intake_stays_up(intake: Intake) -> None:
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 200,  # a TLS hello
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",  # the HTTP/2 preface
+        b"POST /webhooks/stripe HTTP/9.9\r\nHost: x\r\n\r\n",
+        b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",  # bare CR
+        b"\x00" * 64 + b"\r\n\r\n",
+    ],
+    ids=["tls", "http2", "http9", "bare_cr", "nuls"],
+)
+def test_garbage_instead_of_http_is_400_and_the_intake_stays_up(
+    intake: Intake, garbage: bytes
+) -> None:
     before = intake.rejections("malformed_http")
-    answer = intake.raw(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 200)
-    assert status_of(answer) == 400
+    answer = intake.raw(garbage)
+    assert status_of(answer) == 400, answer[:200]
     assert intake.rejections("malformed_http") == before + 1
     assert intake.request("GET", "/healthz").status_code == 200
 
@@ -357,6 +374,36 @@ def test_an_oversized_header_is_refused_with_431_and_the_connection_closed(
     answer = intake.raw(request)
     assert status_of(answer) == 431, answer[:200]
     assert intake.rejections("headers_too_large") == before + 1
+
+
+def test_a_request_line_longer_than_the_header_limit_is_431(intake: Intake) -> None:
+    path = b"/webhooks/stripe?" + b"a=1&" * MAX_HEADER_BYTES
+    answer = intake.raw(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status_of(answer) == 431, answer[:200]
+
+
+def test_two_signature_headers_are_not_merged_the_first_one_counts(intake: Intake) -> None:
+    evt = event(type="customer.updated")
+    body = body_of(evt)
+
+    def deliver(first: str, second: str) -> int | None:
+        return status_of(
+            intake.raw(
+                b"POST /webhooks/stripe HTTP/1.1\r\nHost: x\r\nStripe-Signature: "
+                + first.encode()
+                + b"\r\nStripe-Signature: "
+                + second.encode()
+                + b"\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
+            )
+        )
+
+    assert deliver("t=1,v1=00", sign(body)) == 400
+    assert intake.inbox_row(evt["id"]) is None
+    assert deliver(sign(body), "t=1,v1=00") == 200
+    assert intake.inbox_row(evt["id"]) is not None
 
 
 def test_thousands_of_small_headers_are_refused_with_431(intake: Intake) -> None:
@@ -877,6 +924,29 @@ def test_slowloris_body_is_answered_408_and_stores_nothing(intake: Intake) -> No
     assert status_of(answer) == 408, answer[:200]
     assert intake.inbox_row(evt["id"]) is None
     assert intake.rejections("slow_body") >= 1
+
+
+@pytest.mark.parametrize("path", [b"/healthz", b"/metrics", b"/nowhere"])
+def test_a_body_trickled_to_another_path_does_not_hold_the_connection(
+    intake: Intake, path: bytes
+) -> None:
+    """Those routes answer without reading a body; the rest of it must still arrive in
+    time, or the connection is closed."""
+    with intake.connect() as sock:
+        sock.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n")
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < BODY_TIMEOUT + 4:
+            try:
+                sock.sendall(b"x")
+            except OSError:
+                closed = True
+                break
+            shut, _ = closed_within(sock, 0.3)
+            if shut:
+                closed = True
+                break
+    assert closed, "a client trickling a body to another path held its connection"
 
 
 def test_connections_past_the_cap_are_refused_and_service_resumes(intake: Intake) -> None:

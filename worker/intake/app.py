@@ -104,14 +104,18 @@ def _default_enqueue_many(event_ids: list[str]) -> None:
 
 
 def _json_start(status: int, body: bytes) -> dict[str, Any]:
-    return {
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ],
-    }
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if status in _UNREAD_BODY:
+        # Answered before the body was read: closing is the one way to be rid of the rest
+        # of it (uvicorn would otherwise keep reading it for the next request).
+        headers.append((b"connection", b"close"))
+    return {"type": "http.response.start", "status": status, "headers": headers}
+
+
+_UNREAD_BODY = frozenset({408, 413})
 
 
 _ACCEPTED = b'{"received":true,"duplicate":false}'

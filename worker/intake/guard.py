@@ -7,12 +7,16 @@ for ever, and httptools buffers a header of any length in memory.  Here:
 - the headers of a request must arrive within ``RECON_INTAKE_HEADER_TIMEOUT`` of its first
   byte (of the connection, for one that sends nothing): 408 and the connection closed;
 - the request line and headers may take at most ``RECON_INTAKE_MAX_HEADER_BYTES``: 431 and
-  the connection closed, however the bytes are split into headers or packets.
+  the connection closed, however the bytes are split into headers or packets;
+- the whole body must arrive within ``RECON_INTAKE_BODY_TIMEOUT`` of the headers: the
+  webhook route keeps that deadline itself (worker/intake/app.py, 408 with the reason
+  counted); this one, a second later, also covers the routes that answer without reading
+  a body and a client that keeps sending after its answer: 408 if nothing was answered
+  yet, and the connection closed.
 
-The body's deadline (``RECON_INTAKE_BODY_TIMEOUT``) is kept by the webhook route itself
-(worker/intake/app.py), which answers 408 with the reason counted.  The connection cap is
-uvicorn's ``limit_concurrency`` (serve.py).  Both limits are read from the settings in the
-process that serves, so the class can be named by serve() and rebuilt in spawned workers.
+The connection cap is uvicorn's ``limit_concurrency`` (serve.py).  The limits are read from
+the settings in the process that serves, so that serve() can name the class and spawned
+workers rebuild it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ def _answer(status: int, phrase: str, error: str) -> bytes:
 
 _TOO_LARGE = _answer(431, "Request Header Fields Too Large", "request headers too large")
 _TOO_SLOW = _answer(408, "Request Timeout", "request headers not received in time")
+_BODY_TOO_SLOW = _answer(408, "Request Timeout", "body not received in time")
+# After the webhook route's own deadline, so that its answer (and count) comes first.
+_BODY_GRACE = 1.0
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -52,9 +59,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         settings = get_settings()
         self.header_timeout = settings.intake_header_timeout.total_seconds()
         self.max_header_bytes = settings.intake_max_header_bytes
+        self.body_timeout = settings.intake_body_timeout.total_seconds() + _BODY_GRACE
         self._in_head = True
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
         self._too_large = False
 
     # -------------------------------------------------------------- connection
@@ -65,6 +74,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._body_done()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -112,6 +122,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # uvicorn answers it 503 (Stripe retries); counted here, where it is known.
             metrics.count_rejection("over_capacity")
         super().on_headers_complete()
+        self._body_done()
+        self._body_timer = self.loop.call_later(self.body_timeout, self._body_timeout)
+
+    def on_message_complete(self) -> None:
+        self._body_done()
+        super().on_message_complete()
 
     # -------------------------------------------------------------- the guards
 
@@ -129,8 +145,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and not self.transport.is_closing():
             self._refuse(_TOO_SLOW, "slow_headers")
 
+    def _body_done(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_timeout(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:
+            self._refuse(_BODY_TOO_SLOW, "slow_body")
+        else:
+            # Answered already (the route did not need the body): only the socket to free.
+            metrics.count_rejection("slow_body")
+            self.transport.close()
+
     def _refuse(self, answer: bytes, reason: str) -> None:
         self._disarm()
+        self._body_done()
         metrics.count_rejection(reason)
         if not self.transport.is_closing():
             self.transport.write(answer)
