@@ -440,7 +440,6 @@ def test_one_junk_reference_gets_a_ticket_and_the_rest_of_the_batch_proceeds(cli
 # -- two entries, one PaymentIntent ----------------------------------------------------------
 
 
-@pytest.mark.xfail(reason="duplicate_entry ticket kind not written yet", strict=True)
 def test_two_entries_linked_to_one_payment_intent_get_a_duplicate_entry_ticket(cli):
     engine, invoke, srv = cli
     pi(srv, "pi_dup", "succeeded")
@@ -450,18 +449,39 @@ def test_two_entries_linked_to_one_payment_intent_get_a_duplicate_entry_ticket(c
         metadata={"stripe_payment_intent": "pi_dup"},
     )  # fmt: skip
 
+    dry = as_json(invoke("sweep", "--older-than", "1h", "--dry-run", "--json"))
+    assert {(p["reference"], p["action"]) for p in dry["plan"]} == {
+        ("pi_dup", "commit"),
+        ("order-77", "ticket"),
+    }
+    assert dump(engine, tickets) == []
     first = invoke("sweep", "--older-than", "1h", "--json")
     assert not crashed(first), first.exception
-    invoke("sweep", "--older-than", "1h")
+    assert as_json(first)["status"] == "succeeded"
+    invoke("sweep", "--older-than", "1h")  # seen again: the same ticket, bumped
 
-    status = sorted(t["status"] for t in dump(engine, transactions))
-    assert status == ["APPLIED", "INFLIGHT"]  # one credit, never two
-    kinds = [t["kind"] for t in dump(engine, tickets) if t["status"] == "open"]
-    assert kinds == ["duplicate_entry"]
-    shown = invoke("tickets", "show", "1")
-    assert "order-77" in shown.output and "duplicate_entry" in shown.output
-    data = as_json(invoke("tickets", "show", "1", "--json"))
-    assert data["customer_message"] and data["actions"]
+    status = {t["reference"]: t["status"] for t in dump(engine, transactions)}
+    assert status == {"pi_dup": "APPLIED", "order-77": "INFLIGHT"}  # credited once, not twice
+    (ticket,) = dump(engine, tickets)
+    assert (ticket["kind"], ticket["reference"], ticket["occurrences"]) == (
+        "duplicate_entry",
+        "order-77",
+        2,
+    )
+    shown = invoke("tickets", "show", str(ticket["id"]))
+    assert "order-77" in shown.output and "--action void|none" in shown.output
+    data = as_json(invoke("tickets", "show", str(ticket["id"]), "--json"))
+    assert data["customer_message"] and data["actions"] == ["void", "none"]
+
+    fixed = invoke(
+        "tickets", "resolve", str(ticket["id"]), "--action", "void", "--note", "app bug #12"
+    )
+    assert fixed.exit_code == 0, fixed.output
+    status = {t["reference"]: t["status"] for t in dump(engine, transactions)}
+    assert status == {"pi_dup": "APPLIED", "order-77": "VOID"}  # the payment's own kept
+    assert "counted once" in fixed.output
+    again = as_json(invoke("sweep", "--older-than", "1h", "--json"))
+    assert again["counts"].get("examined", 0) == 0
 
 
 # -- money moves only after a dry run and a confirmation --------------------------------------
