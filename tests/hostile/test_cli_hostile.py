@@ -26,6 +26,7 @@ from reconcile.tables import audit, inbox, runs, tickets
 from tests.integration.conftest import pg, stripe  # noqa: F401  (fixtures)
 from tests.support import ago, epoch, seed_entry
 from worker.cli import output
+from worker.operators import operators
 
 pytestmark = pytest.mark.integration
 
@@ -71,6 +72,7 @@ def snapshot(engine: Engine) -> dict[str, Any]:
         "runs": dump(engine, runs),
         "audit": dump(engine, audit),
         "inbox": _rows(engine, select(inbox).order_by(inbox.c.event_id)),
+        "operators": _rows(engine, select(operators).order_by(operators.c.name)),
     }
 
 
@@ -234,6 +236,28 @@ REFUSED: list[tuple[str, tuple[str, ...], dict[str, str]]] = [
     # customer lookups
     ("NUL in customer query", ("customer", "mallory\x00@example.com"), {}),
     ("huge customer query", ("customer", "m" * 100_000), {}),
+    # console operators
+    (
+        "escape in operator name",
+        ("operators", "add", "ops" + ESCAPES, "o@example.com", "--role", "viewer"),
+        {},
+    ),
+    ("markup role", ("operators", "add", "ops", "o@example.com", "--role", "[red]admin[/]"), {}),
+    (
+        "NUL in operator email",
+        ("operators", "add", "ops", "o@ex\x00ample.com", "--role", "viewer"),
+        {},
+    ),
+    (
+        "over-long operator name",
+        ("operators", "add", "o" * 65, "o@example.com", "--role", "viewer"),
+        {},
+    ),
+    (
+        "junk --action",
+        ("tickets", "resolve", "1", "--action", "refund-everything", "--note", "n"),
+        {},
+    ),
     # settings
     ("junk RECON_MAX_VOIDS", ("runs",), {"RECON_MAX_VOIDS": "lots"}),
     ("junk RECON_SWEEP_MIN_AGE", ("runs",), {"RECON_SWEEP_MIN_AGE": "soon"}),
