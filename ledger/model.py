@@ -129,3 +129,16 @@ class Settled:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """One entry of a set-based settle: commit ``commit``, then void ``void`` (the rest).
+
+    ``txn`` is the state the caller read under its lock; the settle refuses (and changes
+    nothing) when the row no longer holds exactly that state.
+    """
+
+    txn: Transaction
+    commit: int = 0
+    void: int = 0

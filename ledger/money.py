@@ -158,17 +158,20 @@ ISO_CURRENCIES = frozenset(
         "USD",
         "UYU",
         "UZS",
+        "VED",
         "VES",
         "VND",
         "VUV",
         "WST",
         "XAF",
         "XCD",
+        "XCG",
         "XOF",
         "XPF",
         "YER",
         "ZAR",
         "ZMW",
+        "ZWG",
         "ZWL",
     ]
 )
@@ -202,7 +205,8 @@ def normalize_currency(code: str) -> str:
     if not isinstance(code, str):
         raise UnknownCurrency(repr(code))
     norm = code.strip().upper()
-    if norm not in ISO_CURRENCIES:
+    # ASCII first: Python upper-cases "u\u017fd" (long s) to "USD", "\u0131nr" to "INR".
+    if not code.isascii() or norm not in ISO_CURRENCIES:
         raise UnknownCurrency(code)
     return norm
 

@@ -5,11 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy import Connection
 
-from ledger.model import Balance, NewTransaction, Settled, Transaction, TxnStatus, Violation
+from ledger.model import (
+    Balance,
+    NewTransaction,
+    Settled,
+    Settlement,
+    Transaction,
+    TxnStatus,
+    Violation,
+)
 
 # The metadata key that links a transaction to a Stripe PaymentIntent when its reference
 # follows another convention.  The ledger only stores it; it knows nothing of Stripe.
@@ -115,3 +123,24 @@ class Ledger(Protocol):
         ...
 
     def check_invariants(self) -> list[Violation]: ...
+
+
+@runtime_checkable
+class SettlesInSets(Protocol):
+    """A ledger that can lock and settle many entries with a few statements (SqlLedger).
+
+    Both run on the caller's transaction: the caller locks, decides on what the lock
+    shows, settles, writes its own records, and commits all of it or none.
+    """
+
+    def lock_many(self, ids: Sequence[str]) -> dict[str, Transaction]:
+        """Lock these transactions (by id, in id order) and return them: id -> state."""
+        ...
+
+    def settle_locked(self, settlements: Sequence[Settlement]) -> list[Transaction]:
+        """Commit and void many locked entries at once; the new states, in order.
+
+        Raises StateError, having written nothing the caller may keep (it must roll back),
+        when an entry is no longer in the state its Settlement names.
+        """
+        ...

@@ -16,6 +16,7 @@ Concurrency rules:
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -53,9 +54,18 @@ from ledger.errors import (
     InvalidAmount,
     LedgerError,
     ReferenceConflict,
+    StateError,
     TransactionNotFound,
 )
-from ledger.model import Balance, NewTransaction, Settled, Transaction, TxnStatus, Violation
+from ledger.model import (
+    Balance,
+    NewTransaction,
+    Settled,
+    Settlement,
+    Transaction,
+    TxnStatus,
+    Violation,
+)
 from ledger.protocol import LINK_KEY
 from ledger.types import UtcDateTime
 
@@ -196,6 +206,57 @@ _STORE = (
 # written and locked (the transaction row is already locked; the balances in key order, as
 # above).  SQLite has no INSERT or UPDATE inside WITH, so there they stay three statements.
 _WRITE_ALL = _STORE.add_cte(_MOVE.cte("moved"), _POST.cte("posting"))
+
+
+# Set-based settling (PostgreSQL): each statement takes the whole set as arrays.  The state
+# change only applies to rows still in the state the caller read under its lock; fewer rows
+# than asked means the caller's picture is wrong and it must roll back.
+_SETTLE_SET = text(
+    """
+    UPDATE ledger_transactions AS t
+       SET committed_amount = v.committed, voided_amount = v.voided, status = v.status,
+           claimed_until = NULL, updated_at = :now
+      FROM unnest(CAST(:ids AS text[]), CAST(:was_committed AS bigint[]),
+                  CAST(:was_voided AS bigint[]), CAST(:committed AS bigint[]),
+                  CAST(:voided AS bigint[]), CAST(:status AS text[]))
+           AS v(id, was_committed, was_voided, committed, voided, status)
+     WHERE t.id = v.id AND t.status = 'INFLIGHT'
+       AND t.committed_amount = v.was_committed AND t.voided_amount = v.was_voided
+    RETURNING t.id
+    """
+)
+# Balances are locked in key order before they are moved, as the single-entry path does
+# (its IN list walks the primary key), so a batch and a single commit cannot deadlock.
+_LOCK_BALANCES = text(
+    """
+    SELECT 1 FROM ledger_balances
+     WHERE (name, currency) IN (SELECT * FROM unnest(CAST(:names AS text[]),
+                                                     CAST(:currencies AS text[])))
+     ORDER BY name, currency
+       FOR UPDATE
+    """
+)
+_MOVE_SET = text(
+    """
+    UPDATE ledger_balances AS b
+       SET balance = b.balance + v.applied,
+           inflight_credit = b.inflight_credit + v.credit,
+           inflight_debit = b.inflight_debit + v.debit
+      FROM unnest(CAST(:names AS text[]), CAST(:currencies AS text[]),
+                  CAST(:applied AS bigint[]), CAST(:credit AS bigint[]),
+                  CAST(:debit AS bigint[]))
+           AS v(name, currency, applied, credit, debit)
+     WHERE b.name = v.name AND b.currency = v.currency
+    """
+)
+_POST_SET = text(
+    """
+    INSERT INTO ledger_postings (transaction_id, kind, amount, idempotency_key, created_at)
+    SELECT v.tid, v.kind, v.amount, NULL, :now
+      FROM unnest(CAST(:tids AS text[]), CAST(:kinds AS text[]), CAST(:amounts AS bigint[]))
+           AS v(tid, kind, amount)
+    """
+)
 
 
 def _utcnow() -> datetime:
@@ -509,6 +570,143 @@ class SqlLedger:
         savepoint.commit()
         return Settled(reference, transaction=txn)
 
+    # -- set-based (SettlesInSets) --------------------------------------------------------
+
+    def lock_many(self, ids: Sequence[str]) -> dict[str, Transaction]:
+        wanted = sorted(set(ids))
+        if not wanted:
+            return {}
+        out: dict[str, Transaction] = {}
+        for start in range(0, len(wanted), 1000):
+            stmt = (
+                select(transactions)
+                .where(transactions.c.id.in_(wanted[start : start + 1000]))
+                .order_by(transactions.c.id)
+            )
+            if self._dialect == "postgresql":
+                stmt = stmt.with_for_update()  # rows are locked in id order (LockRows on Sort)
+            for row in self.conn.execute(stmt).mappings():
+                out[row["id"]] = _row_to_txn(row)
+        return out
+
+    def settle_locked(self, settlements: Sequence[Settlement]) -> list[Transaction]:
+        if not settlements:
+            return []
+        now = self._clock()
+        planned: list[tuple[Settlement, int, int, TxnStatus]] = []
+        seen: set[str] = set()
+        for s in settlements:
+            t = s.txn
+            if t.id in seen:
+                raise StateError(f"{t.reference}: settled twice in one set")
+            seen.add(t.id)
+            moved = s.commit + s.void
+            if (
+                t.status is not TxnStatus.INFLIGHT
+                or s.commit < 0
+                or s.void < 0
+                or moved <= 0
+                or moved > t.remaining
+                or (s.void and moved != t.remaining)  # a void releases all that is left
+            ):
+                raise StateError(
+                    f"{t.reference}: cannot commit {s.commit} and void {s.void} of "
+                    f"{t.status.value} {t.amount} (committed {t.committed_amount}, "
+                    f"voided {t.voided_amount})"
+                )
+            committed = t.committed_amount + s.commit
+            voided = t.voided_amount + s.void
+            status = TxnStatus.INFLIGHT
+            if committed + voided == t.amount:
+                status = TxnStatus.APPLIED if committed else TxnStatus.VOID
+            planned.append((s, committed, voided, status))
+        if self._dialect != "postgresql":
+            return [self._settle_rowwise(s, now) for s, *_ in planned]
+        changed = (
+            self.conn.execute(
+                _SETTLE_SET,
+                {
+                    "now": now,
+                    "ids": [s.txn.id for s, *_ in planned],
+                    "was_committed": [s.txn.committed_amount for s, *_ in planned],
+                    "was_voided": [s.txn.voided_amount for s, *_ in planned],
+                    "committed": [c for _, c, _, _ in planned],
+                    "voided": [v for _, _, v, _ in planned],
+                    "status": [st.value for *_, st in planned],
+                },
+            )
+            .scalars()
+            .all()
+        )
+        if len(changed) != len(planned):
+            raise StateError(
+                f"{len(planned) - len(changed)} of {len(planned)} entries changed after they "
+                "were locked and read"
+            )
+        deltas: dict[tuple[str, str], list[int]] = {}
+        tids: list[str] = []
+        kinds: list[str] = []
+        amounts: list[int] = []
+        for s, *_ in planned:
+            t = s.txn
+            moved = s.commit + s.void
+            src = deltas.setdefault((t.source, t.currency), [0, 0, 0])
+            dst = deltas.setdefault((t.destination, t.currency), [0, 0, 0])
+            # as _move_params: a commit moves ``commit`` into the balances and both out of
+            # the reservations; a void only releases its part of the reservations
+            src[0] -= s.commit
+            dst[0] += s.commit
+            dst[1] -= moved
+            src[2] -= moved
+            for kind, amount in (("commit", s.commit), ("void", s.void)):
+                if amount:
+                    tids.append(t.id)
+                    kinds.append(kind)
+                    amounts.append(amount)
+        keys = sorted(deltas)
+        names = [k[0] for k in keys]
+        currencies = [k[1] for k in keys]
+        self.conn.execute(_LOCK_BALANCES, {"names": names, "currencies": currencies})
+        self.conn.execute(
+            _MOVE_SET,
+            {
+                "names": names,
+                "currencies": currencies,
+                "applied": [deltas[k][0] for k in keys],
+                "credit": [deltas[k][1] for k in keys],
+                "debit": [deltas[k][2] for k in keys],
+            },
+        )
+        self.conn.execute(_POST_SET, {"now": now, "tids": tids, "kinds": kinds, "amounts": amounts})
+        # The rows now hold exactly what was written (they were locked and matched the state
+        # they were read in), so the new states need no second read.
+        return [
+            dataclasses.replace(
+                s.txn,
+                committed_amount=committed,
+                voided_amount=voided,
+                status=status,
+                updated_at=now,
+            )
+            for s, committed, voided, status in planned
+        ]
+
+    def _settle_rowwise(self, s: Settlement, now: datetime) -> Transaction:
+        # SQLite: the file is already held by this writer (BEGIN IMMEDIATE); one entry at a
+        # time with the statements of commit and void, checked against the state read.
+        txn = self._locked(s.txn.reference)
+        if (txn.status, txn.committed_amount, txn.voided_amount) != (
+            s.txn.status,
+            s.txn.committed_amount,
+            s.txn.voided_amount,
+        ):
+            raise StateError(f"{txn.reference}: changed after it was locked and read")
+        if s.commit:
+            txn = self.commit(txn.reference, s.commit)
+        if s.void:
+            txn = self.void(txn.reference)
+        return txn
+
     def claim_inflight(
         self,
         older_than: datetime,
@@ -538,6 +736,25 @@ class SqlLedger:
         )
         rows = self.conn.execute(stmt).mappings().all()
         return sorted((_row_to_txn(r) for r in rows), key=lambda t: (t.created_at, t.id))
+
+    def inflight_quantiles(self, older_than: datetime, parts: int) -> list[datetime]:
+        """Creation times that cut the INFLIGHT entries older than ``older_than`` into
+        ``parts`` runs of about equal size (``parts - 1`` of them, ascending)."""
+        t = transactions
+        if parts <= 1:
+            return []
+        stmt = (
+            select(t.c.created_at)
+            .where(t.c.status == TxnStatus.INFLIGHT.value, t.c.created_at < older_than)
+            .order_by(t.c.created_at)
+        )
+        total = self.conn.execute(select(func.count()).select_from(stmt.subquery())).scalar_one()
+        out: list[datetime] = []
+        for k in range(1, parts):
+            at = self.conn.execute(stmt.offset(total * k // parts).limit(1)).scalar()
+            if at is not None and (not out or at > out[-1]):
+                out.append(at)
+        return out
 
     def list_inflight(
         self, older_than: datetime, limit: int, after: tuple[datetime, str] | None = None
@@ -571,9 +788,14 @@ class SqlLedger:
 
     def release(self, references: Sequence[str]) -> None:
         if references:
+            # Only rows still claimed: a settled row gave its claim back when it changed,
+            # and rewriting it anyway would leave a dead row version for nothing.
             self.conn.execute(
                 update(transactions)
-                .where(transactions.c.reference.in_(list(references)))
+                .where(
+                    transactions.c.reference.in_(list(references)),
+                    transactions.c.claimed_until.is_not(None),
+                )
                 .values(claimed_until=None)
             )
 

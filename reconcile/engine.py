@@ -14,16 +14,16 @@ the ledger carries its audit row written the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
-from ledger.errors import LedgerError
-from ledger.model import NewTransaction, Transaction, TxnStatus
-from ledger.protocol import LINK_KEY, Ledger, rehearsal
+from ledger.errors import LedgerError, TransientError
+from ledger.model import NewTransaction, Settlement, Transaction, TxnStatus
+from ledger.protocol import LINK_KEY, Ledger, SettlesInSets, rehearsal
 from reconcile import customers
 from reconcile import tickets as tk
 from reconcile.decide import decide
@@ -41,7 +41,7 @@ from reconcile.model import (
     TicketSpec,
 )
 from reconcile.ports import Services
-from reconcile.runs import RunState, record_audit
+from reconcile.runs import RunState, record_audit, record_audits
 
 
 def linked_payment_id(txn: Transaction) -> str:
@@ -375,6 +375,10 @@ class Pass:
         self.planned_new_tickets = 0
         self.outcomes: list[PaymentOutcome] = []
         self.counts: dict[str, int] = run.counts if run is not None else {}
+        # Where the customer index of a handled batch is written (None: at once, here).  A
+        # sweep hands it to a thread of its own, so that it overlaps the next batch: it
+        # records whose payments these are and moves no money.
+        self.index_later: Callable[[Callable[[], None]], None] | None = None
 
     def _count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
@@ -394,8 +398,14 @@ class Pass:
             open_by_payment = tk.open_kinds(conn, [i.payment_id for i in items])
             conn.rollback()
             self._plan_and_act(conn, items, open_by_payment, now)
-            if not self.dry_run:
+            if not self.dry_run and self.index_later is None:
                 self._index(conn, items)
+        if not self.dry_run and self.index_later is not None:
+            self.index_later(lambda: self._index_own(items))
+
+    def _index_own(self, items: Sequence[Item]) -> None:
+        with self.svc.engine.connect() as conn:
+            self._index(conn, items)
 
     def _index(self, conn: Connection, items: Sequence[Item]) -> None:
         """Write down whose payments these are (the customer index), one transaction."""
@@ -438,6 +448,7 @@ class Pass:
         self.planned_voids += voids
         self.planned_new_tickets += new_tickets
         self._count("examined", len(items))
+        to_act: list[Item] = []
         for item, d in planned:
             needs_act = (
                 d.changes_ledger
@@ -445,8 +456,7 @@ class Pass:
                 or (d.resolves and bool(open_by_payment.get(item.payment_id)))
             )
             if needs_act:
-                has_open = bool(open_by_payment.get(item.payment_id))
-                self.apply(item.payment_id, item.payment, conn=conn, known_open=has_open)
+                to_act.append(item)
             else:
                 self._count(d.action.value)
                 if d.action is not Action.NOTHING:
@@ -460,6 +470,115 @@ class Pass:
                             dry_run=self.dry_run,
                         )
                     )
+        if len(to_act) > 1 and not self.dry_run:
+            to_act = self._apply_set(conn, to_act, open_by_payment)
+        for item in to_act:
+            has_open = bool(open_by_payment.get(item.payment_id))
+            self.apply(item.payment_id, item.payment, conn=conn, known_open=has_open)
+
+    # -- acting on a set -------------------------------------------------------------------
+
+    def _apply_set(
+        self, conn: Connection, items: Sequence[Item], open_by_payment: Mapping[str, set[str]]
+    ) -> list[Item]:
+        """Commit and void many entries in one transaction with a few statements.
+
+        The entries are locked together and each is decided again on what the lock shows
+        (another worker may have acted since the plan).  Only plain settlements are taken
+        here: an entry whose decision opens or resolves a ticket, creates a transaction, or
+        finds its entry no longer INFLIGHT is handed back for the per-payment path, as is
+        every entry of a set whose writes fail (nothing of the set is kept: the transaction
+        rolls back whole, so no payment is half-applied).  Returns the items handed back.
+        """
+        svc = self.svc
+        ledger = svc.ledger_for(conn)
+        if not isinstance(ledger, SettlesInSets):
+            return list(items)
+        ids = [i.txn.id for i in items if i.txn is not None]
+        if len(ids) < 2:
+            return list(items)
+        run_id = self.run.id if self.run else None
+        back: list[Item] = [i for i in items if i.txn is None]
+        done: list[tuple[Item, Decision, Transaction]] = []
+        tx = conn.begin()
+        try:
+            now = svc.clock()
+            locked = ledger.lock_many(ids)
+            settlements: list[Settlement] = []
+            audits: list[dict[str, Any]] = []
+            for item in items:
+                if item.txn is None:
+                    continue
+                txn = locked.get(item.txn.id)
+                if txn is None or txn.status is not TxnStatus.INFLIGHT:
+                    back.append(item)  # settled or gone meanwhile: the single path sees it
+                    continue
+                entry = to_entry(txn)
+                d = decide(item.payment, entry, svc.policy, now)
+                simple = d.ticket is None and not (
+                    d.resolves and open_by_payment.get(item.payment_id)
+                )
+                commit = d.commit_amount or 0 if d.action is Action.COMMIT else 0
+                void = 0
+                if d.action is Action.VOID or (d.action is Action.COMMIT and d.void_remainder):
+                    void = txn.remaining - commit
+                if not simple or not (commit or void) or commit > txn.remaining:
+                    back.append(item)
+                    continue
+                settlements.append(Settlement(txn, commit, void))
+                done.append((item, d, txn))
+                evidence = {
+                    **self.evidence,
+                    "stripe": tk.payment_state(item.payment),
+                    "ledger": tk.entry_state(entry),
+                    "decision": {"action": d.action.value, "reason": str(d.reason)},
+                }
+                common = {
+                    "run_id": run_id,
+                    "payment_id": item.payment_id,
+                    "reference": txn.reference,
+                    "reason": str(d.reason),
+                    "actor": self.actor,
+                    "now": now,
+                    "currency": txn.currency,
+                    "evidence": evidence,
+                }
+                if commit:
+                    audits.append({**common, "action": "commit", "amount": commit})
+                if void:
+                    action = "void" if d.action is Action.VOID else "void_remainder"
+                    audits.append({**common, "action": action, "amount": void})
+            ledger.settle_locked(settlements)
+            record_audits(conn, audits)
+            if svc.customer_updates:
+                for item, d, txn in done:
+                    self._tell_customer(
+                        conn, item.payment_id, item.payment, to_entry(txn), d, None, False, now
+                    )
+            tx.commit()
+        except Exception as exc:
+            # Whatever failed, nothing of the set stands: each entry is tried again on its
+            # own, where one that fails again fails alone.
+            if tx.is_active:
+                tx.rollback()
+            self._count("set_fallbacks")
+            if isinstance(exc, TransientError):
+                raise
+            return list(items)
+        for item, d, txn in done:
+            self._count(d.action.value)
+            svc.hooks.action(d.action.value)
+            self.outcomes.append(
+                PaymentOutcome(
+                    item.payment_id,
+                    d,
+                    reference=txn.reference,
+                    payment=item.payment,
+                    currency=txn.currency,
+                    amount=_moved(d, txn),
+                )
+            )
+        return back
 
     # -- acting ----------------------------------------------------------------------------
 

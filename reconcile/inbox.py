@@ -18,6 +18,7 @@ transaction.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,7 +44,10 @@ from reconcile.redact import redact
 from reconcile.tables import inbox
 
 __all__ = [
+    "FUTURE_SLACK",
     "HANDLED_PREFIXES",
+    "INVALID_REASONS",
+    "MAX_DEPTH",
     "MAX_ERROR_CHARS",
     "InboxRow",
     "InvalidEvent",
@@ -85,7 +89,28 @@ _BIGINT_END: Final = 2**63
 
 
 class InvalidEvent(ValueError):
-    """The body is not a Stripe event (never valid, however often it is retried)."""
+    """The body is not a Stripe event (never valid, however often it is retried).
+
+    ``reason`` names the kind of fault from :data:`INVALID_REASONS`, a small fixed set (a
+    metric label); the message may say more."""
+
+    def __init__(self, message: str, reason: str = "not_event") -> None:
+        super().__init__(message)
+        self.reason = reason if reason in INVALID_REASONS else "not_event"
+
+
+INVALID_REASONS: Final = frozenset(
+    {
+        "not_json",
+        "not_object",
+        "not_event",
+        "bad_id",
+        "bad_type",
+        "bad_created",
+        "future_event",
+        "too_deep",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -114,60 +139,130 @@ class InboxRow:
 # --------------------------------------------------------------------------- parsing
 
 
-def parse_event(body: bytes | str) -> dict[str, Any]:
+# Stripe ids are letters, digits and underscores; a few more are let through, never
+# a NUL, a space, a slash, '?', '#' or '%' (ids are put in URLs and VARCHAR columns).
+_ID_CHARS: Final = re.compile(r"[A-Za-z0-9_.:\-]+")
+# Event types are lower-case ASCII words joined by dots (``v1.`` before thin v1 types,
+# brackets in some v2 ones: ``v2.core.account[requirements].updated``) [H5]: a homoglyph
+# or an escape sequence is no type of Stripe's.
+_TYPE_CHARS: Final = re.compile(r"[a-z0-9_.\[\]]+")
+# Deeper than any Stripe object (an event is a handful of levels, expanded or not), and
+# far below the recursion limits of the parsers that read the payload again later.
+MAX_DEPTH: Final = 32
+# How far ahead of our clock an event's ``created`` may be: Stripe's clock and ours.
+FUTURE_SLACK: Final = 300.0
+
+
+def parse_event(
+    body: bytes | str, *, now: float | None = None, future: float = FUTURE_SLACK
+) -> dict[str, Any]:
     """The event in a webhook body, or :class:`InvalidEvent` saying what is wrong.
 
     orjson is strict RFC 8259 (no NaN, no lone surrogates, no byte-order mark), so what it
     accepts PostgreSQL's json type accepts too and the body can be stored as it came.  It
     reads an integer past 64 bits as a float: never store the parsed object, store the
-    body (``store_events(..., raw=...)``)."""
+    body (``store_events(..., raw=...)``).
+
+    Beyond JSON, what every later step must be able to store, send and show: ids of
+    Stripe's alphabet (no NUL, no path characters: they go into URLs and VARCHAR columns),
+    an ASCII event type, no nesting deeper than any Stripe object, ``created`` in range
+    and, given ``now`` (Unix seconds), no more than ``future`` seconds ahead of it.  A NUL
+    elsewhere (a ``\\u0000`` in metadata) is stored as received: the json column takes it,
+    and reconcile/stripe_objects.py keeps it out of every text column."""
     try:
         event = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"body is not JSON: {exc.__class__.__name__}") from None
+        raise InvalidEvent(f"body is not JSON: {exc.__class__.__name__}", "not_json") from None
     if not isinstance(event, dict):
-        raise InvalidEvent("body is not a JSON object")
+        raise InvalidEvent("body is not a JSON object", "not_object")
     event_id = event.get("id")
     if not isinstance(event_id, str) or not event_id.startswith("evt_"):
-        raise InvalidEvent("missing or malformed event id (expected 'evt_...')")
+        raise InvalidEvent("missing or malformed event id (expected 'evt_...')", "bad_id")
     if len(event_id) > _ID_MAX:
-        raise InvalidEvent("event id too long")
+        raise InvalidEvent("event id too long", "bad_id")
+    if not _ID_CHARS.fullmatch(event_id):
+        raise InvalidEvent("event id has characters no Stripe id has", "bad_id")
     event_type = event.get("type")
     if not isinstance(event_type, str) or not event_type:
-        raise InvalidEvent("missing event type")
+        raise InvalidEvent("missing event type", "bad_type")
     if len(event_type) > _TYPE_MAX:
-        raise InvalidEvent("event type too long")
+        raise InvalidEvent("event type too long", "bad_type")
+    if not _TYPE_CHARS.fullmatch(event_type):
+        raise InvalidEvent("event type has characters no Stripe event type has", "bad_type")
+    if "livemode" in event and not isinstance(event["livemode"], bool):
+        raise InvalidEvent("'livemode' is not true or false")
+    _check_depth(event, body)
     if event.get("object") == THIN:
-        return _thin(event)
+        return _thin(event, now, future)
     created = event.get("created")
     if not isinstance(created, int) or isinstance(created, bool):
-        raise InvalidEvent("missing or non-integer 'created'")
+        raise InvalidEvent("missing or non-integer 'created'", "bad_created")
     if not 0 <= created < _BIGINT_END:
-        raise InvalidEvent("'created' out of range")
+        raise InvalidEvent("'created' out of range", "bad_created")
+    if now is not None and created > now + future:
+        raise InvalidEvent("'created' is in the future", "future_event")
     data = event.get("data")
     if not isinstance(data, dict) or not isinstance(data.get("object"), dict):
         raise InvalidEvent("missing data.object")
     if event.get("object", "event") != "event":
         raise InvalidEvent("object is not an event")
+    _check_payment_ref(event_type, data["object"])
     return event
 
 
-def _thin(event: dict[str, Any]) -> dict[str, Any]:
+def _check_depth(event: dict[str, Any], body: bytes | str) -> None:
+    """No nesting deeper than :data:`MAX_DEPTH`; walked only when the body has more
+    brackets than that, so the common webhook costs two substring counts."""
+    raw = body.encode("utf-8") if isinstance(body, str) else body
+    if raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH:
+        return
+    stack: list[tuple[Any, int]] = [(event, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidEvent(f"nested deeper than {MAX_DEPTH} levels", "too_deep")
+        for item in value.values() if isinstance(value, dict) else value:
+            if isinstance(item, (dict, list)):
+                stack.append((item, depth + 1))
+
+
+def _check_payment_ref(event_type: str, obj: Mapping[str, Any]) -> None:
+    """The PaymentIntent id an event names goes into URLs and columns: Stripe's alphabet
+    and length, or the event is refused (an absent one leaves the event ignored)."""
+    if not is_handled(event_type):
+        return
+    ref: Any = obj.get("id") if event_type.startswith(_SELF_ID_PREFIXES) else None
+    if ref is None:
+        ref = obj.get("payment_intent")
+        if isinstance(ref, Mapping):
+            ref = ref.get("id")
+    if ref is None:
+        return
+    if not isinstance(ref, str) or len(ref) > _ID_MAX or not _ID_CHARS.fullmatch(ref):
+        raise InvalidEvent("malformed PaymentIntent id", "bad_id")
+
+
+def _thin(event: dict[str, Any], now: float | None, future: float) -> dict[str, Any]:
     created = event.get("created")
     try:
         when = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
     except ValueError:
-        raise InvalidEvent("thin event: 'created' is not an ISO 8601 time") from None
+        raise InvalidEvent("thin event: 'created' is not an ISO 8601 time", "bad_created") from None
     if not isinstance(created, str) or when.tzinfo is None:
-        raise InvalidEvent("thin event: 'created' is not an ISO 8601 time")
+        raise InvalidEvent("thin event: 'created' is not an ISO 8601 time", "bad_created")
+    if now is not None and when.timestamp() > now + future:
+        raise InvalidEvent("thin event: 'created' is in the future", "future_event")
     related = event.get("related_object")
     if related is not None and not (
         isinstance(related, dict)
         and isinstance(related.get("id"), str)
         and isinstance(related.get("type"), str)
-        and len(related["id"]) <= _ID_MAX
     ):
         raise InvalidEvent("thin event: malformed related_object")
+    if related is not None and (
+        len(related["id"]) > _ID_MAX or not _ID_CHARS.fullmatch(related["id"])
+    ):
+        raise InvalidEvent("thin event: malformed related object id", "bad_id")
     # The inbox keys its time on Unix seconds, like every v1 event.
     return {**event, "created": int(when.timestamp()), "created_iso": created}
 

@@ -56,6 +56,9 @@ class Services:
     dashboard_base: str = "https://dashboard.stripe.com"
     sweep_min_age: timedelta = timedelta(minutes=10)
     sweep_batch: int = 100
+    # Entries whose Stripe state the sweep reads ahead of the batch it applies, per chunk:
+    # listing a stretch of time once costs a part-filled page per chunk, so chunks are big.
+    sweep_read_ahead: int = 2000
     claim_lease: timedelta = timedelta(minutes=10)
     clock: Callable[[], datetime] = utcnow
     hooks: Hooks = field(default_factory=Hooks)

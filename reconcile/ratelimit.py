@@ -223,12 +223,16 @@ def _client(redis_url: str) -> redis.Redis:
 
 
 def make_rate_limiter(
-    redis_url: str | None, rate: float = DEFAULT_RATE, key: str = DEFAULT_KEY
+    redis_url: str | None,
+    rate: float = DEFAULT_RATE,
+    key: str = DEFAULT_KEY,
+    *,
+    burst: int | None = None,
 ) -> RateLimiter:
     """The shared Redis limiter when a Redis URL is configured, else a per-process one."""
     if not redis_url:
-        return LocalRateLimiter(rate)
-    return RedisRateLimiter(_client(redis_url), key=key, rate_per_second=rate)
+        return LocalRateLimiter(rate, burst)
+    return RedisRateLimiter(_client(redis_url), key=key, rate_per_second=rate, burst=burst)
 
 
 class EndpointLimiters:
@@ -236,10 +240,16 @@ class EndpointLimiters:
     in Redis (key ``<key>:<endpoint>``) when a Redis URL is configured."""
 
     def __init__(
-        self, redis_url: str | None, rate: float = DEFAULT_ENDPOINT_RATE, key: str = DEFAULT_KEY
+        self,
+        redis_url: str | None,
+        rate: float = DEFAULT_ENDPOINT_RATE,
+        key: str = DEFAULT_KEY,
+        *,
+        burst: int | None = None,
     ) -> None:
-        _check(rate, None)
+        _check(rate, burst)
         self.rate = rate
+        self.burst = burst
         self.key = key
         self._redis = _client(redis_url) if redis_url else None
         self._limiters: dict[str, RateLimiter] = {}
@@ -250,10 +260,13 @@ class EndpointLimiters:
             limiter = self._limiters.get(endpoint)
             if limiter is None:
                 if self._redis is None:
-                    limiter = LocalRateLimiter(self.rate)
+                    limiter = LocalRateLimiter(self.rate, self.burst)
                 else:
                     limiter = RedisRateLimiter(
-                        self._redis, key=f"{self.key}:{endpoint}", rate_per_second=self.rate
+                        self._redis,
+                        key=f"{self.key}:{endpoint}",
+                        rate_per_second=self.rate,
+                        burst=self.burst,
                     )
                 self._limiters[endpoint] = limiter
             return limiter

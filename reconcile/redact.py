@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["MASK", "redact"]
+__all__ = ["MASK", "describe", "redact"]
 
 MASK: Final = "***"
 
@@ -29,3 +29,23 @@ _SECRET_TEXT: Final = re.compile(
 def redact(text: str) -> str:
     """``text`` with every credential-shaped substring replaced by ``***``."""
     return _SECRET_TEXT.sub(MASK, text)
+
+
+_DESCRIBE_MAX: Final = 300
+
+
+def describe(exc: BaseException) -> str:
+    """An error as it may be kept and shown: its class and the first line of its message,
+    redacted and short.  Never a whole SQL statement with its bound parameters (which
+    SQLAlchemy appends to its messages, payloads included): a driver error wrapped by
+    SQLAlchemy is named by both classes and the driver's own first line."""
+    cause = getattr(exc, "orig", None)
+    shown = cause if isinstance(cause, BaseException) else exc
+    lines = str(shown).strip().splitlines()
+    message = lines[0] if lines else ""
+    message = message.split("[SQL:", 1)[0].strip()
+    names = type(exc).__name__
+    if shown is not exc:
+        names += f" ({type(shown).__name__})"
+    text = redact(f"{names}: {message}" if message else names)
+    return text if len(text) <= _DESCRIBE_MAX else text[: _DESCRIBE_MAX - 3] + "..."

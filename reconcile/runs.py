@@ -262,6 +262,31 @@ def record_audit(
     )
 
 
+def record_audits(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Many audit rows (the keyword arguments of :func:`record_audit`) in one statement."""
+    if not rows:
+        return
+    conn.execute(
+        audit.insert(),
+        [
+            {
+                "run_id": r.get("run_id"),
+                "payment_id": r.get("payment_id"),
+                "reference": r.get("reference"),
+                "action": r["action"],
+                "reason": r["reason"],
+                "actor": r["actor"],
+                "amount": r.get("amount"),
+                "currency": r.get("currency"),
+                "evidence": dict(r.get("evidence") or {}),
+                "ticket_id": r.get("ticket_id"),
+                "created_at": r["now"],
+            }
+            for r in rows
+        ],
+    )
+
+
 def last_run(conn: Connection, job: str) -> Mapping[str, Any] | None:
     row = (
         conn.execute(

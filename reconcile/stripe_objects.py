@@ -49,6 +49,10 @@ MAX_AMOUNT: Final = 10**12
 # Unix seconds between 2000 and 2100: anything else is not a Stripe timestamp.
 _EPOCH_RANGE: Final = (946_684_800, 4_102_444_800)
 _MAX_TEXT: Final = 500
+# The longest id and email address the ticket and customer tables keep (RFC 5321 allows
+# 320 characters for an address).
+_MAX_ID: Final = 255
+_MAX_EMAIL: Final = 320
 # Refunds that still take (or took) money back from the customer.
 _LIVE_REFUND: Final = frozenset({"succeeded", "pending", "requires_action"})
 
@@ -91,7 +95,9 @@ class _Reader:
         value = self.obj.get(name)
         if value is None:
             return None
-        if not isinstance(value, str) or value.upper() not in ISO_CURRENCIES:
+        # ASCII first: Python upper-cases "u\u017fd" (long s) to "USD" and "\u0131nr" (dotless i)
+        # to "INR", so a look-alike would otherwise pass as the real code.
+        if not isinstance(value, str) or not value.isascii() or value.upper() not in ISO_CURRENCIES:
             self._bad(name, value, "an ISO 4217 currency code")
             return None
         return value.upper()
@@ -108,14 +114,14 @@ class _Reader:
             return None
         return datetime.fromtimestamp(value, tz=UTC)
 
-    def text(self, name: str) -> str | None:
+    def text(self, name: str, limit: int = _MAX_TEXT) -> str | None:
         value = self.obj.get(name)
         if value is None or value == "":
             return None
         if not isinstance(value, str):
             self._bad(name, value, "a string")
             return None
-        return value[:_MAX_TEXT]
+        return _clean(value[:limit])
 
     def flag(self, name: str) -> bool | None:
         value = self.obj.get(name)
@@ -131,6 +137,12 @@ class _Reader:
         return value if isinstance(value, Mapping) else None
 
 
+def _clean(text: str) -> str:
+    """Text as every column can hold it: a NUL (which JSON may carry, PostgreSQL's text
+    types cannot) shown as U+FFFD instead of failing the insert of a ticket or an entry."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
 def _error_text(error: Any) -> str | None:
     if error is None:
         return None
@@ -138,10 +150,10 @@ def _error_text(error: Any) -> str | None:
         for key in ("code", "decline_code", "message", "type"):
             value = error.get(key)
             if value and isinstance(value, str):
-                return value[:_MAX_TEXT]
+                return _clean(value[:_MAX_TEXT])
         # Set but saying nothing: still a failed attempt, which the decision needs to know.
         return "unknown_error"
-    return str(error)[:_MAX_TEXT]
+    return _clean(str(error)[:_MAX_TEXT])
 
 
 def pre_basil(api_version: str | None) -> bool | None:
@@ -220,7 +232,7 @@ def dispute_from_stripe(obj: Mapping[str, Any]) -> tuple[Dispute, list[str]]:
     evidence = reader.child("evidence_details") or {}
     due_by = _Reader(evidence, "dispute.evidence_details").time("due_by")
     dispute = Dispute(
-        id=str(obj.get("id") or "?")[:255],
+        id=_clean(str(obj.get("id") or "?")[:255]),
         status=status,
         amount=reader.amount("amount"),
         currency=reader.currency(),
@@ -233,7 +245,7 @@ def dispute_from_stripe(obj: Mapping[str, Any]) -> tuple[Dispute, list[str]]:
 def fraud_warning_from_stripe(obj: Mapping[str, Any]) -> FraudWarning:
     reader = _Reader(obj, "early_fraud_warning")
     return FraudWarning(
-        id=str(obj.get("id") or "?")[:255],
+        id=_clean(str(obj.get("id") or "?")[:255]),
         fraud_type=reader.text("fraud_type"),
         actionable=reader.flag("actionable"),
     )
@@ -242,13 +254,13 @@ def fraud_warning_from_stripe(obj: Mapping[str, Any]) -> FraudWarning:
 def _method_type(pi: Mapping[str, Any], charge: Mapping[str, Any]) -> str | None:
     details = charge.get("payment_method_details")
     if isinstance(details, Mapping) and isinstance(details.get("type"), str):
-        return str(details["type"])
+        return _clean(str(details["type"])[:_MAX_TEXT])
     method = pi.get("payment_method")
     if isinstance(method, Mapping) and isinstance(method.get("type"), str):
-        return str(method["type"])
+        return _clean(str(method["type"])[:_MAX_TEXT])
     types = pi.get("payment_method_types")
     if isinstance(types, list) and len(types) == 1 and isinstance(types[0], str):
-        return str(types[0])
+        return _clean(str(types[0])[:_MAX_TEXT])
     return None
 
 
@@ -308,16 +320,18 @@ def payment_from_stripe(
 
     customer_obj = pi.get("customer")
     customer: str | None
-    customer_email = reader.text("receipt_email")
+    customer_email = reader.text("receipt_email", _MAX_EMAIL)
     if isinstance(customer_obj, Mapping):
-        customer = _Reader(customer_obj, "customer").text("id")
-        customer_email = customer_email or _Reader(customer_obj, "customer").text("email")
+        customer = _Reader(customer_obj, "customer").text("id", _MAX_ID)
+        customer_email = customer_email or _Reader(customer_obj, "customer").text(
+            "email", _MAX_EMAIL
+        )
     else:
-        customer = reader.text("customer")
+        customer = reader.text("customer", _MAX_ID)
     billing = charge_reader.child("billing_details")
     billing_reader = _Reader(billing or {}, "billing_details")
     if customer_email is None:
-        customer_email = billing_reader.text("email")
+        customer_email = billing_reader.text("email", _MAX_EMAIL)
     customer_name = billing_reader.text("name")
     if customer_name is None and isinstance(customer_obj, Mapping):
         customer_name = _Reader(customer_obj, "customer").text("name")
@@ -330,7 +344,10 @@ def payment_from_stripe(
 
     metadata = pi.get("metadata")
     meta = (
-        {str(k)[:_MAX_TEXT]: "" if v is None else str(v)[:_MAX_TEXT] for k, v in metadata.items()}
+        {
+            _clean(str(k)[:_MAX_TEXT]): "" if v is None else _clean(str(v)[:_MAX_TEXT])
+            for k, v in metadata.items()
+        }
         if isinstance(metadata, Mapping)
         else {}
     )

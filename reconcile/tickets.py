@@ -61,6 +61,13 @@ def _message_amount(kind: TicketKind, payment: Payment | None) -> int | None:
     return None
 
 
+def _cut(value: Any, limit: int) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def dashboard_url(base: str, payment_id: str, livemode: bool) -> str:
     # Encoded: a ledger reference ("pi_a/../b", "x?y=1") is data, not part of the URL.
     pid = quote(payment_id, safe="")
@@ -191,11 +198,14 @@ class TicketFacts:
             "severity": int(spec.severity),
             "payment_id": self.payment_id,
             "reference": e.reference if e else None,
-            "customer": p.customer if p else (e.metadata.get("customer") if e else None),
-            "customer_email": p.customer_email if p else None,
-            "balance": e.destination
-            if e
-            else (p.metadata.get("ledger_destination") if p else None),
+            # Cut to the columns' sizes: text from Stripe or metadata longer than a column
+            # must not fail the insert of the ticket that tells a person about the payment.
+            "customer": _cut(p.customer if p else (e.metadata.get("customer") if e else None), 255),
+            "customer_email": _cut(p.customer_email if p else None, 320),
+            "balance": _cut(
+                e.destination if e else (p.metadata.get("ledger_destination") if p else None),
+                200,
+            ),
             "amount": amount,
             "currency": currency,
             "stripe_state": payment_state(p),

@@ -31,6 +31,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from reconcile.inbox import HANDLED_PREFIXES
+
 __all__ = [
     "ACTIONS",
     "BLNK_REQUESTS",
@@ -38,15 +40,18 @@ __all__ = [
     "ENQUEUE_FAILURES",
     "INBOX_LAG",
     "INBOX_UNPROCESSED",
+    "REJECTION_REASONS",
     "RUNS",
     "STRIPE_REQUESTS",
     "TASK_DURATION",
     "TICKETS_OPENED",
     "WEBHOOKS",
     "WEBHOOK_OUTCOMES",
+    "WEBHOOK_REJECTIONS",
     "blnk_request",
     "count_action",
     "count_enqueue_failure",
+    "count_rejection",
     "count_run",
     "count_ticket",
     "count_webhook",
@@ -69,7 +74,37 @@ WEBHOOK_OUTCOMES = frozenset(
         "too_large",
         "db_unavailable",
         "disconnected",
+        "timeout",
         "error",
+    }
+)
+# Why a webhook was refused (recon_webhooks_rejected_total{reason}): a fixed set, so that
+# no input can grow the label set.  The JSON reasons are reconcile.inbox.INVALID_REASONS.
+REJECTION_REASONS = frozenset(
+    {
+        "no_signature",
+        "bad_signature",
+        "stale",
+        "future",
+        "not_utf8",
+        "not_json",
+        "not_object",
+        "not_event",
+        "bad_id",
+        "bad_type",
+        "bad_created",
+        "future_event",
+        "too_deep",
+        "unstorable",
+        "too_large",
+        "bad_length",
+        "slow_body",
+        "slow_headers",
+        "headers_too_large",
+        "malformed_http",
+        "over_capacity",
+        "no_secret",
+        "other",
     }
 )
 
@@ -87,6 +122,11 @@ INBOX_UNPROCESSED = Gauge(
     "recon_inbox_unprocessed",
     "Inbox events pending or failed, measured at scrape time",
     multiprocess_mode="livemostrecent",
+)
+WEBHOOK_REJECTIONS = Counter(
+    "recon_webhooks_rejected_total",
+    "Webhook requests refused, by why (a fixed set of reasons)",
+    ["reason"],
 )
 ACTIONS = Counter("recon_actions_total", "Reconciliation actions taken", ["action"])
 TICKETS_OPENED = Counter(
@@ -131,8 +171,33 @@ def _webhook_counter(event_type: str, outcome: str) -> Any:
     return WEBHOOKS.labels(type=event_type, outcome=outcome)
 
 
+# Event types get a label each only while there are few: a signed sender can name any
+# type, and every label is a series that /metrics keeps forever.
+_MAX_TYPE_LABELS = 64
+_type_labels: set[str] = {"unknown", "other"}
+
+
+def _type_label(event_type: str) -> str:
+    if event_type in _type_labels:
+        return event_type
+    if (
+        len(_type_labels) < _MAX_TYPE_LABELS
+        and len(event_type) <= 60
+        and event_type.replace("_", "").replace(".", "").isalnum()
+        and event_type.isascii()
+        and event_type.removeprefix("v1.").startswith(HANDLED_PREFIXES)
+    ):
+        _type_labels.add(event_type)
+        return event_type
+    return "other"
+
+
 def count_webhook(event_type: str, outcome: str) -> None:
-    _webhook_counter(event_type or "unknown", outcome).inc()
+    _webhook_counter(_type_label(event_type or "unknown"), outcome).inc()
+
+
+def count_rejection(reason: str) -> None:
+    WEBHOOK_REJECTIONS.labels(reason=reason if reason in REJECTION_REASONS else "other").inc()
 
 
 def count_action(action: str) -> None:

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -86,6 +87,36 @@ def enqueue_events(ids: Iterable[str], *, app: Celery) -> None:
                 app.send_task(PROCESS_EVENT, args=[event_id], producer=producer, retry=True)
     except Exception as exc:
         raise EnqueueError(redact(f"{type(exc).__name__}: {exc}")) from exc
+
+
+def enqueue_sweep_parts(
+    parts: Iterable[tuple[datetime | None, datetime | None]],
+    *,
+    app: Celery,
+    older_than_seconds: float,
+    actor: str,
+) -> list[str]:
+    """One ``recon.sweep`` task per creation window, for the workers to share; task ids.
+
+    Only through a broker: parts run in this process would share one core and gain nothing.
+    """
+    if in_process(app):
+        raise RuntimeError("no broker configured (RECON_BROKER_URL): parts need workers")
+    ids = []
+    for lo, hi in parts:
+        sent = app.send_task(
+            "recon.sweep",
+            kwargs={
+                "trigger": "cli",
+                "actor": actor,
+                "older_than_seconds": older_than_seconds,
+                "newer_than": lo.isoformat() if lo else None,
+                "created_before": hi.isoformat() if hi else None,
+            },
+            retry=True,
+        )
+        ids.append(str(sent.id))
+    return ids
 
 
 def enqueue_event(event_id: str, *, app: Celery) -> None:

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     stripe_endpoint_rate_limit: float = Field(
         20.0, validation_alias=_env("RECON_STRIPE_ENDPOINT_RATE_LIMIT"), gt=0
     )
+    # Requests one burst may take at once (None: a tenth of a second's worth).  1 spaces
+    # every request evenly: then no clock second holds more than the rate, rounded up.
+    stripe_rate_burst: int | None = Field(
+        None, validation_alias=_env("RECON_STRIPE_RATE_BURST"), ge=1, le=100
+    )
     stripe_api_version: str = Field(
         STRIPE_API_VERSION, validation_alias=_env("RECON_STRIPE_API_VERSION"), min_length=10
     )
@@ -132,6 +137,30 @@ class Settings(BaseSettings):
     # Writer threads (each with its own connection) committing those groups concurrently.
     intake_writers: int = Field(2, validation_alias=_env("RECON_INTAKE_WRITERS"), ge=1, le=32)
     sweep_batch: int = Field(100, validation_alias=_env("RECON_SWEEP_BATCH"), gt=0, le=1000)
+    # The intake against slow and greedy clients (worker/intake/serve.py).  A request's
+    # headers must arrive within RECON_INTAKE_HEADER_TIMEOUT of its first byte (or of the
+    # connection, for one that sends nothing) and be at most RECON_INTAKE_MAX_HEADER_BYTES
+    # (431 past that); its body within RECON_INTAKE_BODY_TIMEOUT (408); an idle kept-alive
+    # connection is closed after RECON_INTAKE_KEEP_ALIVE.  Past RECON_INTAKE_MAX_CONNECTIONS
+    # open connections a request is answered 503 (Stripe retries it) instead of queueing.
+    intake_header_timeout: Duration = Field(
+        timedelta(seconds=10), validation_alias=_env("RECON_INTAKE_HEADER_TIMEOUT")
+    )
+    intake_body_timeout: Duration = Field(
+        timedelta(seconds=30), validation_alias=_env("RECON_INTAKE_BODY_TIMEOUT")
+    )
+    intake_keep_alive: Duration = Field(
+        timedelta(seconds=5), validation_alias=_env("RECON_INTAKE_KEEP_ALIVE")
+    )
+    intake_max_connections: int = Field(
+        1000, validation_alias=_env("RECON_INTAKE_MAX_CONNECTIONS"), ge=1
+    )
+    intake_max_header_bytes: int = Field(
+        32 * 1024, validation_alias=_env("RECON_INTAKE_MAX_HEADER_BYTES"), ge=1024
+    )
+    sweep_read_ahead: int = Field(
+        2000, validation_alias=_env("RECON_SWEEP_READ_AHEAD"), gt=0, le=20_000
+    )
 
     dashboard_base: str = Field(
         "https://dashboard.stripe.com", validation_alias=_env("RECON_STRIPE_DASHBOARD")

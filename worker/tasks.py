@@ -28,7 +28,7 @@ from celery.exceptions import Ignore, Retry
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from reconcile.redact import redact
+from reconcile.redact import describe
 from reconcile.stripe_gateway import StripeUnavailable
 from worker import metrics
 from worker.locks import LockBackend, default_backend, job_lock
@@ -116,7 +116,7 @@ class ReconTask(Task):  # type: ignore[misc]
             outcome = "ignored"
             raise
         except Exception as exc:
-            summary = {"error": redact(f"{type(exc).__name__}: {exc}")[:500]}
+            summary = {"error": describe(exc)}
             raise
         finally:
             elapsed = time.perf_counter() - started
@@ -214,11 +214,16 @@ def sweep(
     older_than_seconds: float | None = None,
     limit: int | None = None,
     rerun_of: int | None = None,
+    newer_than: str | None = None,
+    created_before: str | None = None,
 ) -> dict[str, Any]:
     from reconcile import usecases
 
+    # One part of a split backlog (``recon sweep --parts``) holds a lock of its own, so
+    # that the parts run side by side while each part still runs once.
+    part = newer_than is not None or created_before is not None
     return _run_job(
-        "recon.sweep",
+        f"recon.sweep:{newer_than or ''}:{created_before or ''}" if part else "recon.sweep",
         usecases.run_sweep,
         trigger=trigger,
         actor=actor,
@@ -226,6 +231,8 @@ def sweep(
         older_than=_seconds(older_than_seconds),
         limit=limit,
         rerun_of=rerun_of,
+        newer_than=_time(newer_than),
+        created_before=_time(created_before),
     )
 
 

@@ -72,8 +72,13 @@ def build_services(settings: Settings) -> Services:
             "customer.update messages go to the ticket webhook sink"
         )
     engine = engine_for(settings.database_url)
-    limiter: RateLimiter = make_rate_limiter(settings.redis_url, settings.stripe_global_rate)
-    endpoints = EndpointLimiters(settings.redis_url, settings.stripe_endpoint_rate_limit)
+    burst = settings.stripe_rate_burst
+    limiter: RateLimiter = make_rate_limiter(
+        settings.redis_url, settings.stripe_global_rate, burst=burst
+    )
+    endpoints = EndpointLimiters(
+        settings.redis_url, settings.stripe_endpoint_rate_limit, burst=burst
+    )
     api_key = settings.stripe_api_key.get_secret_value()
 
     def new_gateway() -> StripeGateway:
@@ -104,6 +109,7 @@ def build_services(settings: Settings) -> Services:
         dashboard_base=settings.dashboard_base,
         sweep_min_age=settings.sweep_min_age,
         sweep_batch=settings.sweep_batch,
+        sweep_read_ahead=settings.sweep_read_ahead,
         livemode=settings.stripe_livemode,
         accounts=settings.connect_accounts,
         catch_up_first_window=settings.catch_up_first_window,

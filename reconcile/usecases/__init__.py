@@ -22,6 +22,7 @@ from reconcile.usecases.jobs import (
     run_catch_up,
     run_scan,
     run_sweep,
+    split_sweep,
 )
 from reconcile.usecases.payments import reconcile_payment
 
@@ -46,4 +47,5 @@ __all__ = [
     "run_catch_up",
     "run_scan",
     "run_sweep",
+    "split_sweep",
 ]

@@ -7,11 +7,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Connection
+
 from ledger.model import TxnStatus
 from reconcile import inbox, tickets
 from reconcile.engine import Pass, PaymentOutcome
 from reconcile.model import Payment, PaymentStatus, Severity, TicketKind, TicketSpec
 from reconcile.ports import Services
+from reconcile.redact import describe
 from reconcile.runs import RunResult, RunState
 from reconcile.stripe_gateway import StripeGateway
 from reconcile.stripe_objects import fraud_warning_from_stripe, payment_from_stripe
@@ -63,9 +66,10 @@ def process_event(
     refusal = _foreign(svc, row)
     if refusal is not None:
         if not dry_run:
+            # One transaction: an event shown as ignored always has its incident beside it.
             with svc.engine.begin() as conn:
                 inbox.mark_ignored(conn, event_id, now, refusal[1])
-            _refuse(svc, *refusal, run=run)
+                _refuse(svc, conn, *refusal, run=run)
         return ProcessOutcome("ignored", refusal[1], row.payment_id)
     if not inbox.is_handled(row.type):
         return _ignore(svc, event_id, f"event type {row.type} names no PaymentIntent", dry_run)
@@ -96,7 +100,7 @@ def process_event(
     except Exception as exc:
         if not dry_run:
             with svc.engine.begin() as conn:
-                inbox.mark_failed(conn, event_id, f"{type(exc).__name__}: {exc}", svc.clock())
+                inbox.mark_failed(conn, event_id, describe(exc), svc.clock())
         raise
     if not dry_run:
         with svc.engine.begin() as conn:
@@ -128,7 +132,7 @@ def _foreign(svc: Services, row: inbox.InboxRow) -> tuple[str, str] | None:
     return None
 
 
-def _refuse(svc: Services, cause: str, why: str, *, run: RunState | None) -> None:
+def _refuse(svc: Services, conn: Connection, cause: str, why: str, *, run: RunState | None) -> None:
     """One incident ticket per cause (repeats bump it) and a metric: someone must fix the
     webhook endpoint or the key, and until then these events change nothing."""
     svc.hooks.event_refused(cause.split(":", 1)[0])
@@ -146,8 +150,7 @@ def _refuse(svc: Services, cause: str, why: str, *, run: RunState | None) -> Non
         summary=summary,
     )
     spec = TicketSpec(TicketKind.INCIDENT, Severity.HIGH)
-    with svc.engine.begin() as conn:
-        tickets.raise_ticket(conn, spec, facts, run_id=run.id if run else None, sinks=svc.sinks)
+    tickets.raise_ticket(conn, spec, facts, run_id=run.id if run else None, sinks=svc.sinks)
 
 
 def _wait_only(svc: Services, row: inbox.InboxRow, pid: str, now: datetime) -> bool:
@@ -174,7 +177,6 @@ def payment_for_event(
         not inbox.is_thin(payload)
         and obj.get("object") == "payment_intent"
         and obj.get("id") == pid
-        and obj.get("status") in (PaymentStatus.SUCCEEDED.value, PaymentStatus.CANCELED.value)
     ):
         # A terminal status never changes again, so the payload is authoritative for acting
         # on an INFLIGHT entry: commit or void at once.  It never carries refunds or
@@ -185,11 +187,19 @@ def payment_for_event(
             version = payload.get("api_version")
             rendered_in = version if isinstance(version, str) else None
             seen = payment_from_stripe(obj, api_version=rendered_in)
+            if seen.problems:
+                # Signed but malformed (``amount_received: true``, ``4999.9``, a currency
+                # that is not ISO 4217, a status nobody knows): from Stripe a bug, from
+                # anyone else a leaked secret.  Either way nothing moves on it, whatever
+                # Stripe would say if asked: decided as it is, it opens an
+                # unverifiable_payment ticket; the sweep reads the payment afresh later.
+                return seen
             # A payload without the evidence (an old version's, without amount_received)
             # is no reason for a ticket while Stripe can still be asked.
-            if not seen.problems and (
-                seen.status is PaymentStatus.CANCELED
-                or (seen.amount_received is not None and seen.currency is not None)
+            if seen.status is PaymentStatus.CANCELED or (
+                seen.status is PaymentStatus.SUCCEEDED
+                and seen.amount_received is not None
+                and seen.currency is not None
             ):
                 return seen
     payment = (gateway or svc.new_gateway()).retrieve(pid)
@@ -253,7 +263,7 @@ def replay_event(
             svc, event_id, actor=actor, gateway=gw, dry_run=dry_run, force=True, run=state
         )
     except Exception as exc:  # recorded on the run and shown, not dumped as a trace
-        state.errors.append(f"{type(exc).__name__}: {exc}")
+        state.errors.append(describe(exc))
         res = None
     if res is not None:
         state.counts["events_" + res.status] += 1

@@ -9,7 +9,9 @@ recorded on the partial run.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,8 +23,9 @@ from reconcile.engine import Item, Pass, linked_payment_id, load_adjustments
 from reconcile.guard import GuardTripped
 from reconcile.model import Payment, PaymentStatus
 from reconcile.ports import Services
+from reconcile.redact import describe
 from reconcile.runs import RunResult, RunState
-from reconcile.stripe_batch import fetch_many
+from reconcile.stripe_batch import ReadAhead
 from reconcile.stripe_gateway import EVENTS_RETENTION, StripeGateway, StripeUnavailable
 from reconcile.usecases.errors import BadRequest, NotFound
 from reconcile.usecases.events import payment_for_event, replay_event
@@ -72,67 +75,96 @@ def run_sweep(
     limit: int | None = None,
     rerun_of: int | None = None,
     progress: Progress | None = None,
+    newer_than: datetime | None = None,
+    created_before: datetime | None = None,
 ) -> RunResult:
-    """Inflight entries older than ``older_than``, in claimed batches, decided and applied."""
+    """Inflight entries older than ``older_than``, in claimed batches, decided and applied.
+
+    ``newer_than`` / ``created_before`` narrow the sweep to entries created in
+    ``[newer_than, created_before)``: one part of a backlog split over several workers.
+
+    The Stripe state of the coming entries is read ahead (reconcile/stripe_batch.py
+    ReadAhead) while the current batch is applied, so that a backlog drains at the pace
+    Stripe's rate limit sets rather than at the sum of Stripe's time and ours.
+    """
     age = older_than if older_than is not None else svc.sweep_min_age
     now = svc.clock()
     cutoff = now - age
+    if created_before is not None:
+        cutoff = min(cutoff, created_before)
+    params: dict[str, Any] = {"older_than_seconds": int(age.total_seconds()), "limit": limit}
+    if newer_than is not None or created_before is not None:
+        params["newer_than"] = newer_than.isoformat() if newer_than else None
+        params["created_before"] = created_before.isoformat() if created_before else None
     state = begin(
         svc,
         "sweep",
         trigger,
         actor,
         dry_run,
-        window=(None, cutoff),
-        params={"older_than_seconds": int(age.total_seconds()), "limit": limit},
+        window=(newer_than, cutoff),
+        params=params,
         rerun_of=rerun_of,
     )
     gw = svc.new_gateway()
     p = Pass(svc, run=state, actor=actor, dry_run=dry_run)
     done = 0
-    after: tuple[datetime, str] | None = None
+    # Keyset position: (created_at, id) > after.  An empty id takes in the first instant.
+    start: tuple[datetime, str] | None = (newer_than, "") if newer_than is not None else None
+    after = start
+    ahead = _Ahead(svc, ReadAhead(gw), cutoff, start, limit)
+    indexer = _Later()
+    p.index_later = indexer.submit
     try:
-        while limit is None or done < limit:
-            size = svc.sweep_batch if limit is None else min(svc.sweep_batch, limit - done)
-            try:
-                with svc.engine.begin() as conn:
-                    ledger = svc.ledger_for(conn)
-                    if dry_run:
-                        batch = list(ledger.list_inflight(cutoff, size, after))
-                    else:
-                        # Claimed rows are skipped by other sweepers until the lease ends,
-                        # so two workers never take the same entry; a crash lets it lapse.
-                        batch = list(
-                            ledger.claim_inflight(cutoff, size, svc.claim_lease, svc.clock(), after)
-                        )
-                        # Named on the run in the same transaction: if this worker dies
-                        # holding them, the run that finds it dead gives them back
-                        # (lifecycle.py).
-                        runs.note_claims(conn, state.id, [t.reference for t in batch])
-            except TransientError as exc:
-                # The books could not be read (Blnk down): nothing was decided, the next
-                # sweep finds the same entries.
-                cut_short(state, p, "sweep", exc)
-                break
-            if not batch:
-                break
-            after = (batch[-1].created_at, batch[-1].id)
-            try:
-                fetched = fetch_many(gw, [(linked_payment_id(t), t.created_at) for t in batch])
-                own, extra = _own_entries(svc, batch)
-                for t, own_ref in extra:
-                    p.duplicate(linked_payment_id(t), fetched[linked_payment_id(t)], t, own_ref)
-                p.handle(
-                    [Item(linked_payment_id(t), fetched[linked_payment_id(t)], t) for t in own]
-                )
-            except (StripeUnavailable, GuardTripped, TransientError) as exc:
+        with ahead.reader, indexer:
+            while limit is None or done < limit:
+                size = svc.sweep_batch if limit is None else min(svc.sweep_batch, limit - done)
+                try:
+                    ahead.feed()
+                    with svc.engine.begin() as conn:
+                        ledger = svc.ledger_for(conn)
+                        if dry_run:
+                            batch = list(ledger.list_inflight(cutoff, size, after))
+                        else:
+                            # Claimed rows are skipped by other sweepers until the lease
+                            # ends, so two workers never take the same entry; a crash lets
+                            # it lapse.
+                            batch = list(
+                                ledger.claim_inflight(
+                                    cutoff, size, svc.claim_lease, svc.clock(), after
+                                )
+                            )
+                            # Named on the run in the same transaction: if this worker dies
+                            # holding them, the run that finds it dead gives them back
+                            # (lifecycle.py).
+                            runs.note_claims(conn, state.id, [t.reference for t in batch])
+                except TransientError as exc:
+                    # The books could not be read (Blnk down): nothing was decided, the next
+                    # sweep finds the same entries.
+                    cut_short(state, p, "sweep", exc)
+                    break
+                if not batch:
+                    break
+                after = (batch[-1].created_at, batch[-1].id)
+                try:
+                    ahead.feed()
+                    wanted = [(linked_payment_id(t), t.created_at) for t in batch]
+                    fetched = ahead.reader.take(wanted)
+                    own, extra = _own_entries(svc, batch)
+                    for t, own_ref in extra:
+                        pid = linked_payment_id(t)
+                        p.duplicate(pid, fetched[pid], t, own_ref)
+                    p.handle(
+                        [Item(linked_payment_id(t), fetched[linked_payment_id(t)], t) for t in own]
+                    )
+                except (StripeUnavailable, GuardTripped, TransientError) as exc:
+                    _release(svc, state, batch, dry_run)
+                    cut_short(state, p, "sweep", exc)
+                    break
                 _release(svc, state, batch, dry_run)
-                cut_short(state, p, "sweep", exc)
-                break
-            _release(svc, state, batch, dry_run)
-            done += len(batch)
-            if progress is not None:
-                progress(done)
+                done += len(batch)
+                if progress is not None:
+                    progress(done)
     except BaseException as exc:
         fail(svc, state, gw, exc)
         raise
@@ -161,6 +193,93 @@ def _own_entries(
             else:
                 extra.append((t, first.reference))
     return own, extra
+
+
+SweepPart = tuple[datetime | None, datetime | None]
+
+
+def split_sweep(
+    svc: Services, *, parts: int, older_than: timedelta | None = None
+) -> list[SweepPart]:
+    """Cut the backlog of inflight entries into ``parts`` creation windows of about equal
+    size, ``[newer_than, created_before)`` each (None: open), for as many workers.
+
+    A ledger that cannot count its entries (Blnk) gives one part: the whole backlog.
+    """
+    cutoff = svc.clock() - (older_than if older_than is not None else svc.sweep_min_age)
+    with svc.engine.connect() as conn:
+        quantiles = getattr(svc.ledger_for(conn), "inflight_quantiles", None)
+        bounds: list[datetime] = list(quantiles(cutoff, parts)) if quantiles else []
+    edges: list[datetime | None] = [None, *bounds, None]
+    return [(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+
+
+class _Later:
+    """One thread that runs, in order, what may trail the batch that asked for it."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sweep-index")
+        self._pending: deque[Future[None]] = deque()
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        while self._pending and self._pending[0].done():
+            self._pending.popleft().result()
+        if len(self._pending) >= 2:  # never more than a batch or two behind
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(fn))
+
+    def __enter__(self) -> _Later:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+class _Ahead:
+    """Hands the sweep's coming entries to its ReadAhead, a chunk or two ahead."""
+
+    DEPTH = 2  # chunks read ahead of the one being applied
+    FIRST = 300  # the first chunk, small: it teaches the density the others are planned with
+
+    def __init__(
+        self,
+        svc: Services,
+        reader: ReadAhead,
+        cutoff: datetime,
+        after: tuple[datetime, str] | None,
+        limit: int | None,
+    ) -> None:
+        self.svc = svc
+        self.reader = reader
+        self.cutoff = cutoff
+        self.after = after
+        self.left = limit
+        self.done = False
+        self.first = True
+
+    def feed(self) -> None:
+        while not self.done and self.reader.pending < self.DEPTH:
+            size = self.svc.sweep_read_ahead
+            if self.first:
+                size, self.first = min(size, self.FIRST), False
+            if self.left is not None:
+                size = min(size, self.left)
+            if size <= 0:
+                self.done = True
+                return
+            with self.svc.engine.connect() as conn:
+                rows = self.svc.ledger_for(conn).list_inflight(self.cutoff, size, self.after)
+            if not rows:
+                self.done = True
+                return
+            self.after = (rows[-1].created_at, rows[-1].id)
+            if self.left is not None:
+                self.left -= len(rows)
+            self.reader.submit([(linked_payment_id(t), t.created_at) for t in rows])
 
 
 def _release(svc: Services, state: RunState, batch: Sequence[Transaction], dry_run: bool) -> None:
@@ -297,7 +416,7 @@ def _catch_up_batch(
         except StripeUnavailable:
             raise
         except Exception as exc:  # one bad payment must not stop the catch-up
-            unread[pid] = f"{pid}: {type(exc).__name__}: {exc}"
+            unread[pid] = f"{pid}: {describe(exc)}"
             state.errors.append(unread[pid])
             state.counts["errors"] += 1
     for pid in unread:
@@ -426,6 +545,7 @@ class RerunSpec:
     until: datetime | None = None
     payment_id: str | None = None
     event_id: str | None = None
+    created_before: datetime | None = None
 
 
 def plan_rerun(svc: Services, run_id: int) -> RerunSpec:
@@ -441,7 +561,17 @@ def plan_rerun(svc: Services, run_id: int) -> RerunSpec:
     if job == "sweep":
         secs = params.get("older_than_seconds")
         age = timedelta(seconds=int(secs)) if secs is not None else None
-        return RerunSpec(run_id, job, older_than=age, limit=params.get("limit"))
+        part = {k: params.get(k) for k in ("newer_than", "created_before")}
+        return RerunSpec(
+            run_id,
+            job,
+            older_than=age,
+            limit=params.get("limit"),
+            since=datetime.fromisoformat(part["newer_than"]) if part["newer_than"] else None,
+            created_before=(
+                datetime.fromisoformat(part["created_before"]) if part["created_before"] else None
+            ),
+        )
     if job == "scan_missing" and (spec.since is None or spec.until is None):
         raise BadRequest(f"run {run_id} recorded no window to scan")
     if job == "payment":
@@ -468,6 +598,8 @@ def rerun(
             older_than=spec.older_than,
             limit=spec.limit,
             progress=progress,
+            newer_than=spec.since,
+            created_before=spec.created_before,
             **common,
         )
     if spec.job == "catch_up":

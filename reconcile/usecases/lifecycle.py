@@ -23,6 +23,7 @@ from reconcile import runs
 from reconcile.engine import Pass
 from reconcile.guard import GuardTripped
 from reconcile.ports import Services
+from reconcile.redact import describe
 from reconcile.runs import FAILED, RunResult, RunState, finish_run, start_run
 from reconcile.stripe_gateway import StripeGateway
 
@@ -191,7 +192,7 @@ def end(svc: Services, state: RunState, gateway: StripeGateway | None, p: Pass |
 
 
 def fail(svc: Services, state: RunState, gateway: StripeGateway | None, exc: BaseException) -> None:
-    state.errors.append(f"{type(exc).__name__}: {exc}")
+    state.errors.append(describe(exc))
     try:
         with svc.engine.begin() as conn:
             claimed = runs.claimed_by(conn, state.id)
@@ -212,4 +213,4 @@ def cut_short(state: RunState, p: Pass, job: str, exc: Exception) -> None:
     else:
         source = "ledger" if isinstance(exc, TransientError) else "stripe"
         state.cut_short = f"{source}: {exc}"
-        state.errors.append(f"{type(exc).__name__}: {exc}")
+        state.errors.append(describe(exc))

@@ -385,3 +385,16 @@ def test_the_report_flags_a_ticket_kind_that_jumped_against_the_previous_period(
     }
     assert recurring == {"stuck_payment": (4, 1, True), "amount_mismatch": (3, 3, False)}
     assert sum(sum(c.values()) for c in rep["tickets_opened_per_day"].values()) == 7
+
+
+def test_a_sweep_in_parts_needs_workers_and_refuses_without_a_broker(pg, stripe):
+    engine, invoke = pg
+    seed_sweepable(engine, stripe)
+    before = dump(engine, transactions)
+
+    no_broker = invoke("sweep", "--older-than", "1h", "--parts", "2", "--yes")
+    dry = invoke("sweep", "--older-than", "1h", "--parts", "2", "--dry-run")
+
+    assert no_broker.exit_code != 0 and "RECON_BROKER_URL" in no_broker.output
+    assert dry.exit_code != 0 and "--parts" in dry.output
+    assert dump(engine, transactions) == before

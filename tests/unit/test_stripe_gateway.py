@@ -20,7 +20,7 @@ import responses
 import stripe
 
 from reconcile.model import DisputeStatus, PaymentStatus
-from reconcile.stripe_batch import fetch_many
+from reconcile.stripe_batch import ReadAhead, fetch_many
 from reconcile.stripe_gateway import (
     STRIPE_API_VERSION,
     InvalidStripeId,
@@ -932,3 +932,72 @@ def test_a_disputed_charges_disputes_are_listed_and_read(fake, make_gateway, rsp
         "fraudulent",
     )
     assert read.evidence_due_by == datetime.fromtimestamp(T0 + 86400, UTC)
+
+
+# --------------------------------------------------------------------------- ReadAhead
+
+
+def _read_all(reader: ReadAhead, items: list[tuple[str, datetime]], first: int = 300):
+    """What the sweep does: hand over chunks (a small first one), take batches of 100."""
+    chunks = [items[:first]] + [items[i : i + 2000] for i in range(first, len(items), 2000)]
+    out: dict[str, Any] = {}
+    queued = 0
+    for start in range(0, len(items), 100):
+        while queued < len(chunks) and reader.pending < 2:
+            reader.submit(chunks[queued])
+            queued += 1
+        out.update(reader.take(items[start : start + 100]))
+    return out
+
+
+def test_read_ahead_lists_each_stretch_of_a_dense_backlog_once(fake, make_gateway):
+    rng = random.Random(5)
+    span = 3 * 3600
+    pis = sorted(
+        (make_slim(f"pi_{i:05d}", T0 + rng.randrange(span)) for i in range(10_000)),
+        key=lambda pi: pi["created"],
+    )
+    fake.add(*pis)
+    gateway = make_gateway()
+    items = [(pi["id"], ledger_time(pi, lag=rng.uniform(0, 30))) for pi in pis]
+    items.sort(key=lambda item: item[1])
+
+    with ReadAhead(gateway) as reader:
+        result = _read_all(reader, items)
+
+    assert all(result[pi["id"]] is not None for pi in pis)
+    assert fake.counts["retrieve"] == 0
+    assert gateway.snapshot()["calls"] / len(pis) <= 0.011
+
+
+def test_read_ahead_retrieves_what_no_list_brought(fake, make_gateway):
+    pis = [make_slim(f"pi_{i:04d}", T0 + i * 2) for i in range(900)]
+    late = make_slim("pi_late", T0 - 86_400)  # the ledger's time is a day off
+    fake.add(*pis, late)
+    items = [(pi["id"], ledger_time(pi)) for pi in pis]
+    items.insert(400, ("pi_late", ledger_time(pis[399])))
+    items.insert(500, ("pi_unknown", ledger_time(pis[499])))
+
+    with ReadAhead(make_gateway()) as reader:
+        result = _read_all(reader, items)
+
+    assert result["pi_late"] is not None and result["pi_late"].id == "pi_late"
+    assert result["pi_unknown"] is None
+    assert all(result[pi["id"]] is not None for pi in pis)
+    assert fake.counts["retrieve"] == 2
+
+
+def test_read_ahead_reads_again_a_state_older_than_max_age(fake, make_gateway):
+    pis = [make_slim(f"pi_{i:03d}", T0 + i * 3) for i in range(50)]
+    fake.add(*pis)
+    now = [0.0]
+    items = [(pi["id"], ledger_time(pi)) for pi in pis]
+    with ReadAhead(make_gateway(), max_age=60, clock=lambda: now[0]) as reader:
+        reader.submit(items)
+        reader.take(items[:1])  # the chunk is read and resolved at t=0
+        now[0] = 61.0
+        before = sum(fake.counts.values())
+        result = reader.take(items[1:])
+
+    assert all(result[pi["id"]] is not None for pi in pis[1:])
+    assert sum(fake.counts.values()) > before  # stale: read again, not served from memory

@@ -37,6 +37,7 @@ from reconcile.usecases import (
     run_catch_up,
     run_scan,
     run_sweep,
+    split_sweep,
 )
 from reconcile.views import list_runs, run_with_audit
 from worker.cli.context import app_state
@@ -269,6 +270,15 @@ def sweep(
     yes: YesOpt = False,
     by: ByOpt = None,
     as_json: JsonOpt = False,
+    parts: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Split the backlog into N creation windows of equal size, one sweep task "
+            "each, for the Celery workers to share (needs RECON_BROKER_URL).",
+        ),
+    ] = 1,
 ) -> None:
     """Reconcile inflight ledger entries older than --older-than (default RECON_SWEEP_MIN_AGE)."""
     try:
@@ -277,6 +287,9 @@ def sweep(
         fail(f"--older-than: {exc}")
     svc, _ = _services()
     age = age if age is not None else svc.sweep_min_age
+    if parts > 1:
+        _sweep_parts(svc, age, parts, dry_run, limit, yes, by, as_json)
+        return
     if not dry_run:
         _confirm_sweep(svc, age, limit, yes)
     result = _run_job(
@@ -291,6 +304,48 @@ def sweep(
         limit=limit,
     )
     _finish(result, dry_run, as_json)
+
+
+def _sweep_parts(
+    svc: Services,
+    age: timedelta,
+    parts: int,
+    dry_run: bool,
+    limit: int | None,
+    yes: bool,
+    by: str | None,
+    as_json: bool,
+) -> None:
+    from worker.celery_app import app
+    from worker.queue import enqueue_sweep_parts
+
+    if dry_run or limit is not None:
+        fail("--parts sends the whole backlog to the workers: drop --dry-run and --limit")
+    _confirm_sweep(svc, age, None, yes)
+    windows = split_sweep(svc, parts=parts, older_than=age)
+    try:
+        ids = enqueue_sweep_parts(
+            windows, app=app, older_than_seconds=age.total_seconds(), actor=_operator(by)
+        )
+    except RuntimeError as exc:
+        fail(str(exc))
+    rows = [
+        {
+            "task_id": task_id,
+            "newer_than": lo.isoformat() if lo else None,
+            "created_before": hi.isoformat() if hi else None,
+        }
+        for task_id, (lo, hi) in zip(ids, windows, strict=True)
+    ]
+    if as_json:
+        print_json({"parts": rows})
+        return
+    for row in rows:
+        say(
+            f"part {row['newer_than'] or '(oldest)'} .. {row['created_before'] or '(cutoff)'}: "
+            f"task {row['task_id']}"
+        )
+    say(f"{len(rows)} sweep part(s) sent to the workers; follow them with `recon runs`")
 
 
 def catch_up(

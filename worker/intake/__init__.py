@@ -2,7 +2,8 @@
 and metrics endpoints).
 
 The package: ``app`` (routes and the order of work), ``signature``, ``store`` (the
-grouped-commit writers), ``publisher`` (the queue hand-off thread), ``serve`` (uvicorn).
+grouped-commit writers), ``publisher`` (the queue hand-off thread), ``serve`` (uvicorn),
+``guard`` (uvicorn's HTTP protocol with header deadlines and limits).
 
 Per webhook the work is kept to what the promise needs: uvicorn on uvloop and httptools
 (C), the route a plain ASGI callable in front of Starlette (which keeps the probes and
@@ -23,8 +24,11 @@ verify -> store and COMMIT -> answer, and only after the commit is the id (of a 
 pending row only) handed to the queue, by a publisher thread (:class:`Publisher`).  A
 broker that fails after the commit changes nothing in the answer (the row is there;
 ``inbox.redrive`` re-sends it); a database that fails gets a 503 so that Stripe retries.
-4xx only for what can never become valid (bad signature, stale timestamp, not an event,
-too large).
+4xx only for what can never become valid (bad signature, stale or future timestamp, not an
+event or not one that could be stored, too large, too slow), each counted by why in
+``recon_webhooks_rejected_total{reason}`` (a fixed set, worker/metrics.py).  Slow and
+greedy clients meet deadlines and limits (``RECON_INTAKE_*``, worker/intake/guard.py):
+tested with the rest of the hostile input in tests/hostile/.
 
 SQLAlchemy is synchronous here, so database work runs off the event loop.  By default
 (``RECON_INTAKE_BATCH``, 100; 0 or 1 turns it off) concurrent webhooks are grouped: each

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import Engine, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -42,6 +43,11 @@ __all__ = ["WEBHOOK_PATH", "IntakeApp", "Webhook", "create_app"]
 log = get_logger(__name__)
 
 DB_ERRORS: tuple[type[BaseException], ...] = (OperationalError, DBAPIError, PoolTimeout)
+# What the database refuses in the row itself: retrying never helps, so it is bad input
+# (400), not an outage (503).  Validation catches these kinds first; this is the backstop.
+UNSTORABLE: tuple[type[BaseException], ...] = (DataError, IntegrityError)
+# More v1= entries than any rotation needs: refused before any HMAC is computed.
+MAX_SIGNATURES = 16
 READY_TIMEOUT = 5.0
 
 
@@ -49,7 +55,17 @@ WEBHOOK_PATH = "/webhooks/stripe"
 
 
 class _Reject(Exception):
-    def __init__(self, status: int, message: str, outcome: str, event_type: str = "unknown"):
+    """A webhook refused: ``outcome`` labels recon_webhooks_received_total, ``reason``
+    (one of metrics.REJECTION_REASONS) recon_webhooks_rejected_total."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        outcome: str,
+        event_type: str = "unknown",
+        reason: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.outcome, self.event_type = (
             status,
@@ -57,6 +73,7 @@ class _Reject(Exception):
             outcome,
             event_type,
         )
+        self.reason = reason or outcome
 
 
 class _Disconnected(Exception):
@@ -120,6 +137,7 @@ class Webhook:
         self.max_bytes = settings.webhook_max_bytes
         self.tolerance = settings.webhook_tolerance.total_seconds()
         self.signatures = SignatureChecker(settings.webhook_secrets, self.tolerance)
+        self.body_timeout = settings.intake_body_timeout.total_seconds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         event_type = "unknown"
@@ -128,10 +146,14 @@ class Webhook:
             event_type = event["type"]
             try:
                 new = await self.store.store(event, raw)
+            except UNSTORABLE as exc:
+                raise _Reject(400, "unstorable event", "invalid", event_type, "unstorable") from exc
             except DB_ERRORS as exc:
                 raise _Reject(503, "database unavailable", "db_unavailable", event_type) from exc
         except _Reject as rej:
             metrics.count_webhook(rej.event_type, rej.outcome)
+            if rej.status < 500 or rej.reason == "no_secret":
+                metrics.count_rejection(rej.reason)
             if rej.status >= 500:
                 cause = rej.__cause__
                 log.warning(
@@ -141,7 +163,7 @@ class Webhook:
                     error=redact(f"{type(cause).__name__}: {cause}")[:300] if cause else None,
                 )
             else:
-                log.info("webhook rejected", status=rej.status, reason=rej.message)
+                log.info("webhook rejected", status=rej.status, reason=rej.reason)
             await _answer(send, rej.status, orjson.dumps({"error": rej.message}))
             return
         except _Disconnected:
@@ -163,7 +185,9 @@ class Webhook:
             try:
                 size = int(declared)
             except ValueError:
-                raise _Reject(400, "invalid Content-Length", "invalid") from None
+                raise _Reject(
+                    400, "invalid Content-Length", "invalid", reason="bad_length"
+                ) from None
             if size > max_bytes:
                 raise _Reject(413, f"body larger than {max_bytes} bytes", "too_large")
         chunks: list[bytes] = []
@@ -189,7 +213,7 @@ class Webhook:
             # A server fault, not bad input: never 2xx (Stripe would drop events nobody
             # checked), and a 5xx says so to Stripe's retries and to the alerts on them.
             log.error("webhook rejected: no webhook secret configured (STRIPE_WEBHOOK_SECRET)")
-            raise _Reject(500, "webhook secret not configured", "error")
+            raise _Reject(500, "webhook secret not configured", "error", reason="no_secret")
         declared: bytes | None = None
         header: bytes | None = None
         for name, value in scope["headers"]:
@@ -197,14 +221,29 @@ class Webhook:
                 declared = value
             elif name == b"stripe-signature" and header is None:
                 header = value
-        body = await self._read_body(declared, receive)
+        try:
+            # A client that trickles its body holds a socket and a task: a deadline (408).
+            async with asyncio.timeout(self.body_timeout):
+                body = await self._read_body(declared, receive)
+        except TimeoutError:
+            raise _Reject(408, "body not received in time", "timeout", reason="slow_body") from None
         if not header:
-            raise _Reject(400, "missing Stripe-Signature header", "bad_signature")
+            raise _Reject(
+                400, "missing Stripe-Signature header", "bad_signature", reason="no_signature"
+            )
         try:
             payload = body.decode("utf-8")
         except UnicodeDecodeError:
-            raise _Reject(400, "body is not UTF-8", "invalid") from None
-        verdict = self.signatures.check(payload, header.decode("latin-1"))
+            raise _Reject(400, "body is not UTF-8", "invalid", reason="not_utf8") from None
+        now = time.time()
+        signed_at = _signed_at(header)
+        if signed_at is not None and signed_at > now + self.tolerance:
+            # The library only bounds the past: a timestamp ahead of our clock would make a
+            # captured delivery replayable for as long as it is ahead.
+            raise _Reject(400, "signature timestamp in the future", "stale", reason="future")
+        if header.count(b"v1=") > MAX_SIGNATURES or not header.isascii():
+            raise _Reject(400, "bad signature: malformed header", "bad_signature")
+        verdict = self.signatures.check(payload, header.decode("ascii"))
         if verdict == "stale":
             raise _Reject(
                 400, f"stale timestamp: signed more than {int(self.tolerance)}s ago", "stale"
@@ -213,9 +252,21 @@ class Webhook:
             raise _Reject(400, "bad signature: matches no configured secret", "bad_signature")
         try:
             # The one parse: the stored payload is ``body`` itself, never this object re-encoded.
-            return inbox.parse_event(body), body
+            return inbox.parse_event(body, now=now, future=self.tolerance), body
         except inbox.InvalidEvent as exc:
-            raise _Reject(400, f"not a Stripe event: {exc}", "invalid") from None
+            raise _Reject(400, f"not a Stripe event: {exc}", "invalid", reason=exc.reason) from None
+
+
+def _signed_at(header: bytes) -> int | None:
+    """The ``t=`` of a Stripe-Signature header, when there is one integer."""
+    for part in header.split(b","):
+        key, _, value = part.strip().partition(b"=")
+        if key == b"t":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
 
 
 class IntakeApp:
@@ -343,6 +394,9 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+    # No 307 from /webhooks/stripe/ to /webhooks/stripe: the redirect is built from the
+    # request's Host header, and the one webhook path is exact.
+    rest.router.redirect_slashes = False
     rest.state.store = store
     rest.state.publisher = publisher
     rest.state.settings = settings

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import socket
 import tempfile
+from typing import Any
 
 from worker import metrics
 from worker.logs import get_logger
@@ -53,7 +54,15 @@ def serve(
     if workers > 1 and not metrics.multiprocess_dir():
         # Set before the workers start: each reads it when it imports prometheus_client.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="recon-metrics-")
+    from worker.settings import get_settings
+
+    settings = get_settings()
     loop, http = compiled_stack()
+    protocol: Any = http
+    if http == "httptools":
+        from worker.intake.guard import GuardedHttpToolsProtocol
+
+        protocol = GuardedHttpToolsProtocol
     config = uvicorn.Config(
         app,
         factory=True,
@@ -65,7 +74,13 @@ def serve(
         lifespan="on",
         timeout_graceful_shutdown=10,
         loop=loop,
-        http=http,
+        http=protocol,
+        # Slow and greedy clients (RECON_INTAKE_*, worker/settings.py): past the cap a
+        # request is answered 503, which Stripe retries; headers have a deadline and a
+        # size limit (guard.py; h11's own limit when httptools is missing).
+        limit_concurrency=settings.intake_max_connections,
+        timeout_keep_alive=max(1, int(settings.intake_keep_alive.total_seconds())),
+        h11_max_incomplete_event_size=settings.intake_max_header_bytes,
         # Nothing here reads the client address, and the middleware that would rewrite
         # it from X-Forwarded-For runs on every request.
         proxy_headers=False,

@@ -1,0 +1,266 @@
+"""The sweep's set-based apply on PostgreSQL: a batch locked, decided again, settled and
+audited with a few statements, and every guarantee of the per-payment path kept.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from ledger.errors import StateError
+from ledger.model import Settlement, TxnStatus
+from ledger.sql import SqlLedger, postings, transactions
+from reconcile import engine as engine_module
+from reconcile.engine import Item, Pass
+from reconcile.tables import audit, tickets
+from reconcile.usecases import run_sweep, split_sweep
+from tests.stripe_server import run_server
+from tests.support import ago, epoch, make_services, seed_entry
+from worker.schema import all_metadata
+
+
+@pytest.fixture
+def books(pg_engine: Engine) -> Engine:
+    for md in all_metadata():
+        md.create_all(pg_engine)
+    return pg_engine
+
+
+@pytest.fixture
+def stripe() -> Iterator[Any]:
+    with run_server() as srv:
+        yield srv
+
+
+def _seed(engine: Engine, srv: Any, n: int, *, amount: int = 1500) -> list[str]:
+    """n succeeded payments, one second apart an hour ago, and their INFLIGHT entries."""
+    tag = uuid.uuid4().hex[:6]
+    start = ago(hours=1)
+    ids = [f"pi_{tag}_{i:03}" for i in range(n)]
+    srv.state.seed_payment_intents(
+        [
+            {
+                "id": pid,
+                "amount": amount,
+                "currency": "usd",
+                "status": "succeeded",
+                "created": epoch(start + timedelta(seconds=i)),
+                "customer": f"cus_{i}",
+            }
+            for i, pid in enumerate(ids)
+        ]
+    )
+    for i, pid in enumerate(ids):
+        seed_entry(
+            engine, pid, amount, created=start + timedelta(seconds=i), destination=f"wallet:{i}"
+        )
+    return ids
+
+
+def _items(engine: Engine, srv: Any, ids: list[str]) -> list[Item]:
+    """What the sweep planned with: the entries as read before anyone acted."""
+    svc = make_services(engine, srv.url, srv.api_key)
+    gw = svc.new_gateway()
+    with engine.connect() as conn:
+        found = SqlLedger(conn).find_linked_many(ids)
+    return [Item(pid, gw.retrieve(pid), found[pid]) for pid in ids]
+
+
+def _postings(engine: Engine, kind: str) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(transactions.c.reference, func.count())
+            .join(postings, postings.c.transaction_id == transactions.c.id)
+            .where(postings.c.kind == kind)
+            .group_by(transactions.c.reference)
+        ).all()
+    return {ref: int(n) for ref, n in rows}
+
+
+def _status(engine: Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(transactions.c.reference, transactions.c.status)).all()
+    return {ref: status for ref, status in rows}
+
+
+def _invariants_hold(engine: Engine) -> None:
+    with engine.connect() as conn:
+        assert SqlLedger(conn).check_invariants() == []
+
+
+def test_a_batch_is_settled_as_a_set_with_one_commit_and_one_audit_row_per_payment(
+    books: Engine, stripe: Any
+) -> None:
+    ids = _seed(books, stripe, 12)
+    svc = make_services(books, stripe.url, stripe.api_key)
+    p = Pass(svc, run=None)
+    p.handle(_items(books, stripe, ids))
+    assert set(_status(books).values()) == {"APPLIED"}
+    assert _postings(books, "commit") == dict.fromkeys(ids, 1)
+    with books.connect() as conn:
+        audited = conn.execute(
+            select(audit.c.payment_id).where(audit.c.action == "commit")
+        ).scalars()
+        assert sorted(audited) == sorted(ids)
+    assert p.counts.get("commit") == 12
+    assert "set_fallbacks" not in p.counts
+    _invariants_hold(books)
+
+
+def test_an_entry_voided_by_another_worker_after_the_plan_is_decided_again_on_what_the_lock_shows(
+    books: Engine, stripe: Any
+) -> None:
+    ids = _seed(books, stripe, 6)
+    items = _items(books, stripe, ids)  # planned while every entry was INFLIGHT
+    with books.begin() as conn:
+        SqlLedger(conn).void(ids[2])  # another worker, between plan and act
+    svc = make_services(books, stripe.url, stripe.api_key)
+    Pass(svc, run=None).handle(items)
+    status = _status(books)
+    assert status[ids[2]] == "VOID"  # not committed on the stale plan
+    assert all(status[pid] == "APPLIED" for pid in ids if pid != ids[2])
+    assert ids[2] not in _postings(books, "commit")
+    with books.connect() as conn:
+        kinds = conn.execute(select(tickets.c.kind).where(tickets.c.payment_id == ids[2])).scalars()
+        assert list(kinds) == ["paid_but_voided"]
+    _invariants_hold(books)
+
+
+def test_a_worker_holding_an_entry_makes_the_set_wait_and_the_entry_is_committed_once(
+    books: Engine, stripe: Any
+) -> None:
+    ids = _seed(books, stripe, 5)
+    items = _items(books, stripe, ids)
+    locked = threading.Event()
+
+    def other_worker() -> None:
+        with books.begin() as conn:
+            SqlLedger(conn).commit(ids[0])
+            locked.set()
+            time.sleep(0.5)  # the set's lock waits for this transaction to end
+
+    t = threading.Thread(target=other_worker)
+    t.start()
+    assert locked.wait(5)
+    svc = make_services(books, stripe.url, stripe.api_key)
+    Pass(svc, run=None).handle(items)
+    t.join()
+    assert set(_status(books).values()) == {"APPLIED"}
+    assert _postings(books, "commit") == dict.fromkeys(ids, 1)
+    _invariants_hold(books)
+
+
+def test_a_failure_inside_the_set_leaves_no_payment_half_applied_and_each_is_retried_alone(
+    books: Engine, stripe: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _seed(books, stripe, 8)
+    calls = {"n": 0}
+
+    def audits_fail(*_: Any, **__: Any) -> None:
+        # after the set's ledger writes, before its commit
+        calls["n"] += 1
+        raise RuntimeError("audit table unavailable")
+
+    monkeypatch.setattr(engine_module, "record_audits", audits_fail)
+    svc = make_services(books, stripe.url, stripe.api_key)
+    p = Pass(svc, run=None)
+    p.handle(_items(books, stripe, ids))
+    assert calls["n"] == 1
+    assert p.counts["set_fallbacks"] == 1
+    assert set(_status(books).values()) == {"APPLIED"}
+    # the set's writes were rolled back whole: one commit each, by the per-payment path
+    assert _postings(books, "commit") == dict.fromkeys(ids, 1)
+    with books.connect() as conn:
+        n_audit = conn.execute(
+            select(func.count()).select_from(audit).where(audit.c.action == "commit")
+        ).scalar_one()
+    assert n_audit == len(ids)
+    _invariants_hold(books)
+
+
+def test_settling_an_entry_whose_state_moved_on_refuses_and_writes_nothing(
+    books: Engine, stripe: Any
+) -> None:
+    ids = _seed(books, stripe, 3)
+    with books.connect() as conn:
+        stale = SqlLedger(conn).find_linked_many(ids)
+    with books.begin() as conn:
+        SqlLedger(conn).commit(ids[1])
+    with books.connect() as conn, conn.begin():
+        ledger = SqlLedger(conn)
+        ledger.lock_many([t.id for t in stale.values()])
+        with pytest.raises(StateError):
+            ledger.settle_locked([Settlement(stale[pid], commit=stale[pid].amount) for pid in ids])
+        conn.rollback()
+    status = _status(books)
+    assert status == {ids[0]: "INFLIGHT", ids[1]: "APPLIED", ids[2]: "INFLIGHT"}
+    _invariants_hold(books)
+
+
+def test_sweeping_twice_is_idempotent_by_reference(books: Engine, stripe: Any) -> None:
+    ids = _seed(books, stripe, 10)
+    svc = make_services(books, stripe.url, stripe.api_key)
+    items = _items(books, stripe, ids)
+    Pass(svc, run=None).handle(items)
+    # the same stale plan again (a retried task): every entry is APPLIED under the lock
+    p = Pass(svc, run=None)
+    p.handle(items)
+    assert "commit" not in p.counts
+    assert _postings(books, "commit") == dict.fromkeys(ids, 1)
+    result = run_sweep(svc, trigger="test", actor="test", older_than=timedelta(0))
+    assert result.counts.get("commit", 0) == 0
+    assert _postings(books, "commit") == dict.fromkeys(ids, 1)
+    _invariants_hold(books)
+
+
+def test_a_poisoned_entry_gets_a_ticket_while_the_rest_of_its_batch_is_committed(
+    books: Engine, stripe: Any
+) -> None:
+    ids = _seed(books, stripe, 20)
+    # A reference Stripe would refuse (not a PaymentIntent id) in the middle of the batch.
+    seed_entry(books, "order/../42", 900, created=ago(hours=1) + timedelta(seconds=7))
+    svc = make_services(books, stripe.url, stripe.api_key)
+    result = run_sweep(svc, trigger="test", actor="test", older_than=timedelta(0))
+    status = _status(books)
+    assert all(status[pid] == "APPLIED" for pid in ids)
+    assert status["order/../42"] == TxnStatus.INFLIGHT.value
+    with books.connect() as conn:
+        kinds = conn.execute(
+            select(tickets.c.kind).where(tickets.c.payment_id == "order/../42")
+        ).scalars()
+        assert list(kinds) == ["unknown_payment"]
+    assert result.counts["commit"] == 20
+    _invariants_hold(books)
+
+
+def test_a_backlog_split_into_parts_is_swept_once_whole_by_sweeps_of_each_part(
+    books: Engine, stripe: Any
+) -> None:
+    ids = _seed(books, stripe, 30)
+    svc = make_services(books, stripe.url, stripe.api_key)
+    parts = split_sweep(svc, parts=3, older_than=timedelta(0))
+    assert len(parts) == 3
+    assert parts[0][0] is None and parts[-1][1] is None
+    assert parts[0][1] == parts[1][0] and parts[1][1] == parts[2][0]
+    examined = []
+    for lo, hi in parts:
+        result = run_sweep(
+            svc,
+            trigger="test",
+            actor="test",
+            older_than=timedelta(0),
+            newer_than=lo,
+            created_before=hi,
+        )
+        examined.append(result.counts["examined"])
+    assert examined == [10, 10, 10]
+    assert set(_status(books).values()) == {"APPLIED"}
+    assert _postings(books, "commit") == dict.fromkeys(ids, 1)
+    _invariants_hold(books)
