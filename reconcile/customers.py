@@ -97,8 +97,9 @@ def _name(value: Any) -> str | None:
 
 
 def name_tokens(name: str) -> list[str]:
-    """What a name is found by: each word and the whole name, lower-cased."""
-    low = " ".join(name.lower().split())
+    """What a name is found by: each word and the whole name, lower-cased (NFKC, as emails:
+    "José" composed or decomposed is one name)."""
+    low = " ".join(unicodedata.normalize("NFKC", name).lower().split())
     words = [w for w in low.split() if len(w) <= 100]
     return list(dict.fromkeys([low, *words]))
 
@@ -347,7 +348,7 @@ def find(conn: Connection, query: str, *, limit: int = 50) -> tuple[str, list[in
     found = by_key(BALANCE, q)
     if found:
         return "balance", found
-    low = " ".join(q.lower().split())
+    low = " ".join(unicodedata.normalize("NFKC", q).lower().split())
     if not low:
         return "name", []
     for pattern in (_like_prefix(low), "%" + _like_prefix(low)):

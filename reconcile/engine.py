@@ -819,6 +819,65 @@ class Pass:
             destination_key=self.svc.policy.destination_key,
         )
 
+    # -- duplicates ------------------------------------------------------------------------
+
+    def duplicate(
+        self, payment_id: str, payment: Payment | None, txn: Transaction, own: str
+    ) -> PaymentOutcome:
+        """``txn`` is a second entry linked to ``payment_id``, whose own entry is ``own``.
+
+        The payment settles through its own entry only (``find_linked``), so this one would
+        stay INFLIGHT forever: it is left unchanged and gets a ``duplicate_entry`` ticket.
+        """
+        now = self.svc.clock()
+        spec = TicketSpec(TicketKind.DUPLICATE_ENTRY, Severity.HIGH)
+        d = Decision(Action.TICKET, "duplicate_entry", ticket=spec)
+        facts = tk.TicketFacts(
+            payment_id=payment_id,
+            payment=payment,
+            entry=to_entry(txn),
+            reason="duplicate_entry",
+            now=now,
+            dashboard_base=self.svc.dashboard_base,
+            summary=(
+                f"duplicate_entry: ledger entry {txn.reference} is linked to payment "
+                f"{payment_id}, which already has its own entry {own}; "
+                f"{txn.status.value} {txn.remaining} {txn.currency} held"
+            ),
+        )
+        run_id = self.run.id if self.run else None
+        with self.svc.engine.begin() as conn:
+            nested = conn.begin_nested()
+            raised = tk.raise_ticket(conn, spec, facts, run_id=run_id, sinks=self.svc.sinks)
+            if raised.new:
+                record_audit(
+                    conn, run_id=run_id, payment_id=payment_id, reference=txn.reference,
+                    action="ticket_opened", reason="duplicate_entry", actor=self.actor, now=now,
+                    currency=txn.currency, evidence={"own_entry": own, **self.evidence},
+                    ticket_id=raised.ticket_id,
+                )  # fmt: skip
+            if self.dry_run:
+                nested.rollback()
+            else:
+                nested.commit()
+        self._count("examined")
+        self._count(Action.TICKET.value)
+        self._count("ticket_opened" if raised.new else "ticket_bumped")
+        if not self.dry_run and raised.new:
+            self.svc.hooks.ticket(spec.kind.value, spec.severity.label)
+        outcome = PaymentOutcome(
+            payment_id,
+            d,
+            txn.reference,
+            ticket_id=raised.ticket_id,
+            ticket_new=raised.new,
+            payment=payment,
+            currency=txn.currency,
+            dry_run=self.dry_run,
+        )
+        self.outcomes.append(outcome)
+        return outcome
+
     # -- the guard -------------------------------------------------------------------------
 
     def open_incident(self, job: str, why: str) -> int | None:

@@ -278,6 +278,16 @@ MESSAGES: dict[tuple[str, CustomerState], str] = {
         "Thank you for waiting: your wallet has been credited with {amount}."
     ),
     (_K.UNVERIFIABLE_PAYMENT, _S.CLOSED): "We have looked into {amount}; it is sorted.",
+    # -- duplicate_entry --------------------------------------------------------------------
+    (_K.DUPLICATE_ENTRY, _S.PAID): (
+        "We received {amount} once, and your wallet is credited with it once. A second "
+        "pending line for the same payment may show for a while; it will be removed and "
+        "nothing more will be taken."
+    ),
+    (_K.DUPLICATE_ENTRY, _S.VOIDED): (
+        "The second pending line for {amount} has been removed; the payment was counted once."
+    ),
+    (_K.DUPLICATE_ENTRY, _S.CLOSED): "We have looked into {amount}; it is sorted.",
 }
 
 
@@ -371,6 +381,14 @@ KIND_GUIDE: dict[TicketKind, KindGuide] = {
         "`recon payment PI_ID --dry-run` re-reads it; check the webhook endpoint's API "
         "version. It closes by itself once Stripe's data is complete.",
         ("commit", "void", "none"),
+    ),
+    _K.DUPLICATE_ENTRY: KindGuide(
+        "high",
+        "Two ledger entries are linked to one PaymentIntent: the payment settles its own entry "
+        "once, and the other (the ticket's reference) would hold money forever.",
+        "`--action void`: releases the duplicate hold (the ticket's reference, never the "
+        "payment's own entry); `--action none` once engineering has removed it by hand.",
+        ("void", "none"),
     ),
     _K.INCIDENT: KindGuide(
         "critical",

@@ -227,6 +227,9 @@ class TicketKind(enum.StrEnum):
     # Stripe's data for the payment lacks a field the decision needs, or carries one that
     # is malformed: nothing was changed, a person looks.
     UNVERIFIABLE_PAYMENT = "unverifiable_payment"
+    # A second ledger entry linked to a PaymentIntent that already has its own: never
+    # committed or voided automatically (the payment credits once, through its own entry).
+    DUPLICATE_ENTRY = "duplicate_entry"
     INCIDENT = "incident"
 
 

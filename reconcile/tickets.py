@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -68,9 +69,11 @@ def _cut(value: Any, limit: int) -> str | None:
 
 
 def dashboard_url(base: str, payment_id: str, livemode: bool) -> str:
+    # Encoded: a ledger reference ("pi_a/../b", "x?y=1") is data, not part of the URL.
+    pid = quote(payment_id, safe="")
     if payment_id.startswith("pi_"):
-        return f"{base.rstrip('/')}/{'' if livemode else 'test/'}payments/{payment_id}"
-    return f"{base.rstrip('/')}/{'' if livemode else 'test/'}search?query={payment_id}"
+        return f"{base.rstrip('/')}/{'' if livemode else 'test/'}payments/{pid}"
+    return f"{base.rstrip('/')}/{'' if livemode else 'test/'}search?query={pid}"
 
 
 def payment_state(payment: Payment | None) -> dict[str, Any] | None:
@@ -332,9 +335,12 @@ def resolve_open(
 
     ``action`` is what the pass did (commit, void, matched...): each ticket's customer
     message moves on to the resolved one.
+
+    A ``duplicate_entry`` ticket is never closed this way: it is about a second entry of
+    the payment, which reconciling the payment (through its own entry) does not settle.
     """
     where = [tickets.c.payment_id == payment_id, tickets.c.status == OPEN]
-    kept = sorted(k.value for k in keep)
+    kept = sorted({k.value for k in keep} | {TicketKind.DUPLICATE_ENTRY.value})
     if kept:
         where.append(tickets.c.kind.not_in(kept))
     rows = conn.execute(

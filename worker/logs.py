@@ -12,6 +12,7 @@ from typing import Any
 import structlog
 
 from reconcile.redact import redact
+from worker.printable import printable
 
 _SECRET_KEY = re.compile(r"(secret|api_key|apikey|password|token|authorization|signature)", re.I)
 
@@ -59,6 +60,38 @@ def redact_processor(
     return event_dict
 
 
+def _shown(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {printable(k): _shown(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_shown(v) for v in value)
+    return value
+
+
+def printable_processor(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Control characters in logged values shown as escapes: the console renderer writes
+    strings as they are, so a note or a Stripe field could drive the reader's terminal.
+    (JSON escapes them already.)"""
+    for key in list(event_dict):
+        event_dict[key] = _shown(event_dict[key])
+    return event_dict
+
+
+class _PrintableFormatter(logging.Formatter):
+    """The standard library's log lines, with control characters shown as escapes."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        # A traceback keeps its lines; a line cannot carry an escape sequence.
+        return "\n".join(printable(line) for line in super().formatException(ei).splitlines())
+
+
 def configure_logging(json: bool | None = None, level: int = logging.INFO) -> None:
     global _configured
     if _configured:
@@ -78,15 +111,17 @@ def configure_logging(json: bool | None = None, level: int = logging.INFO) -> No
         if json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    if not json:
+        shared.append(printable_processor)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=_logger_factory,
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
 def get_logger(name: str | None = None) -> Any:

@@ -181,7 +181,7 @@ class Settings(BaseSettings):
             raise ValueError(f"not a usable database URL ({type(exc).__name__})") from None
         return value
 
-    @field_validator("stripe_api_base", "ticket_webhook_url", "slack_webhook_url", "blnk_url")
+    @field_validator("stripe_api_base", "ticket_webhook_url", "slack_webhook_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():

@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from ledger.model import Transaction
+from ledger.model import Transaction, TxnStatus
 from ledger.protocol import rehearsal
 from reconcile import tickets
 from reconcile.checks import FixAction, FixCheck, check_fix
@@ -109,6 +109,18 @@ def describe_payment(payment: Payment | None) -> str:
     return "; " + ", ".join(parts)
 
 
+def _check_duplicate_void(txn: Transaction | None, own: Transaction | None) -> FixCheck:
+    """A duplicate hold may be voided while it is INFLIGHT and is not the payment's own."""
+    if txn is None or txn.status is not TxnStatus.INFLIGHT:
+        state = txn.status.value if txn is not None else "gone"
+        return FixCheck(refusal=f"refused: nothing to void, the duplicate entry is {state}")
+    if own is None or own.reference == txn.reference:
+        return FixCheck(
+            refusal=f"refused: {txn.reference} is now the payment's own entry, not a duplicate"
+        )
+    return FixCheck(amount=txn.remaining)
+
+
 def _check_note(note: str) -> str:
     note = note.strip()
     if not note:
@@ -169,16 +181,25 @@ def _apply(
     with rehearsal(conn, dry_run):
         ledger = svc.ledger_for(conn)
     txn = ledger.find_linked(pid, lock=True) if pid is not None else None
-    adjustments = load_adjustments(ledger, {pid: txn}) if pid is not None and txn else {}
-    entry = to_entry(txn, adjustments.get(pid or "", ()))
+    duplicate = ticket is not None and ticket["kind"] == TicketKind.DUPLICATE_ENTRY.value
+    if duplicate and action is FixAction.VOID and ticket is not None:
+        # The ticket's reference is the second entry; the payment's own one is never touched.
+        own = txn
+        txn = ledger.get(str(ticket["reference"] or ""), lock=True)
+        adjustments: dict[str, list[Transaction]] = {}
+        entry = to_entry(txn)
+        verdict = _check_duplicate_void(txn, own)
+    else:
+        adjustments = load_adjustments(ledger, {pid: txn}) if pid is not None and txn else {}
+        entry = to_entry(txn, adjustments.get(pid or "", ()))
+        verdict = check_fix(
+            action,
+            payment,
+            entry,
+            svc.policy,
+            ticket_balance=ticket.get("balance") if ticket else None,
+        )
     before = tickets.entry_state(entry) if pid is not None else None
-    verdict = check_fix(
-        action,
-        payment,
-        entry,
-        svc.policy,
-        ticket_balance=ticket.get("balance") if ticket else None,
-    )
     currency = (payment.currency if payment else None) or (entry.currency if entry else None)
     if ticket is not None and not currency:
         currency = ticket.get("currency")
@@ -199,8 +220,9 @@ def _apply(
             evidence=evidence,
             ticket_id=ticket_id,
         )
-        act(conn, ledger, op, ctx)
-        after_txn = ledger.find_linked(pid, lock=True) if pid is not None else None
+        after_txn = act(conn, ledger, op, ctx)
+        if not duplicate:
+            after_txn = ledger.find_linked(pid, lock=True) if pid is not None else None
     else:
         record_audit(
             conn,

@@ -150,11 +150,12 @@ def run_sweep(
                     ahead.feed()
                     wanted = [(linked_payment_id(t), t.created_at) for t in batch]
                     fetched = ahead.reader.take(wanted)
+                    own, extra = _own_entries(svc, batch)
+                    for t, own_ref in extra:
+                        pid = linked_payment_id(t)
+                        p.duplicate(pid, fetched[pid], t, own_ref)
                     p.handle(
-                        [
-                            Item(linked_payment_id(t), fetched[linked_payment_id(t)], t)
-                            for t in batch
-                        ]
+                        [Item(linked_payment_id(t), fetched[linked_payment_id(t)], t) for t in own]
                     )
                 except (StripeUnavailable, GuardTripped, TransientError) as exc:
                     _release(svc, state, batch, dry_run)
@@ -168,6 +169,30 @@ def run_sweep(
         fail(svc, state, gw, exc)
         raise
     return end(svc, state, gw, p)
+
+
+def _own_entries(
+    svc: Services, batch: Sequence[Transaction]
+) -> tuple[list[Transaction], list[tuple[Transaction, str]]]:
+    """The entries that are their payment's own (what ``find_linked`` answers for it), and
+    the others with the reference of the payment's own entry: a second entry linked to a
+    PaymentIntent would otherwise be decided as that payment and never settle."""
+    with svc.engine.connect() as conn:
+        ledger = svc.ledger_for(conn)
+        found = ledger.find_linked_many([linked_payment_id(t) for t in batch])
+        own: list[Transaction] = []
+        extra: list[tuple[Transaction, str]] = []
+        for t in batch:
+            pid = linked_payment_id(t)
+            first = found.get(pid)
+            if first is not None and first.reference != t.reference:
+                # find_linked_many may pick another of several links: ask the way a pass does.
+                first = ledger.find_linked(pid)
+            if first is None or first.reference == t.reference:
+                own.append(t)
+            else:
+                extra.append((t, first.reference))
+    return own, extra
 
 
 SweepPart = tuple[datetime | None, datetime | None]

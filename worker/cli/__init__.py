@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import click
 import typer
@@ -25,21 +25,48 @@ from worker.cli.output import EXIT_ATTENTION, EXIT_USAGE, fail, print_json, say
 from worker.logs import configure_logging
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    # Recent typer vendors its own click (typer._click): its usage errors are not click's.
+    found: list[type[Exception]] = [click.UsageError]
+    try:
+        from typer._click.exceptions import UsageError as Vendored  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        pass
+    else:
+        found.append(Vendored)
+    return tuple(found)
+
+
+_USAGE_ERRORS = _usage_errors()
+
+
 class _Recon(TyperGroup):
     """Every command: a database that is down or not migrated is one line, never a trace;
     so is bad usage (click's own box would quote the input over several lines)."""
 
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except _USAGE_ERRORS as exc:
+            _usage(exc)
+
     def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
-        except click.UsageError as exc:
-            where = exc.ctx.command_path if exc.ctx is not None else "recon"
-            fail(f"{exc.format_message()} (see `{where} -h`)", EXIT_USAGE)
+        except _USAGE_ERRORS as exc:
+            _usage(exc)
         except DBAPIError as exc:
             # A value PostgreSQL refuses (out of range, NUL...) is bad input, not an outage.
             fail_database(exc)
+
+
+def _usage(exc: Exception) -> NoReturn:
+    """A usage error as one line (click's box would quote the input over several)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        raise exc  # `recon ledger` alone: its help, as asked for
+    sub = getattr(exc, "ctx", None)
+    where = sub.command_path if sub is not None else "recon"
+    fail(f"{exc.format_message()} (see `{where} -h`)", EXIT_USAGE)  # type: ignore[attr-defined]
 
 
 app = typer.Typer(

@@ -9,7 +9,6 @@ through :func:`styled`, never through markup.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -22,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ledger.money import Money
+from worker.printable import printable
 
 console = Console(markup=False, highlight=False, emoji=False)
 err_console = Console(stderr=True, markup=False, highlight=False, emoji=False)
@@ -33,15 +33,10 @@ EXIT_USAGE = 2  # bad usage or bad input
 # Row ids are PostgreSQL bigints: a larger number is bad input, not a database outage.
 MAX_ID = 2**63 - 1
 
-# C0 controls (but tab), DEL, C1 controls, and the Unicode line/paragraph separators and
-# bidirectional overrides that can reorder or hide what a terminal shows.
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
 
 def safe(value: Any) -> str:
     """``value`` as text with control characters shown (``\\x1b``), never executed."""
-    text = "" if value is None else str(value)
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return printable(value)
 
 
 def check_text(value: str, what: str, max_len: int) -> str:
