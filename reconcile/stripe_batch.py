@@ -18,7 +18,13 @@ from datetime import datetime
 from typing import Any
 
 from reconcile.model import Payment
-from reconcile.stripe_gateway import PAGE_SIZE, InvalidStripeId, StripeGateway, epoch_seconds
+from reconcile.stripe_gateway import (
+    PAGE_SIZE,
+    InvalidStripeId,
+    StripeGateway,
+    StripeRequestError,
+    epoch_seconds,
+)
 from reconcile.stripe_objects import payment_from_stripe
 
 __all__ = ["ReadAhead", "fetch_many"]
@@ -59,6 +65,24 @@ def retrieve_rest(
                 # A ledger reference that is no PaymentIntent id: Stripe cannot know it, and
                 # it must not stop the rest of the batch (it is decided as not found).
                 results[payment_id] = None
+            except StripeRequestError as exc:
+                # Stripe refused to read this one object (a 4xx that is neither auth, rate
+                # limit nor "no such object"): its state is unknown, so it gets a ticket and
+                # no money moves, while the rest of the batch proceeds.
+                results[payment_id] = unreadable(payment_id, str(exc))
+
+
+def unreadable(payment_id: str, why: str) -> Payment:
+    """A payment Stripe would not let us read: every field unknown, and why."""
+    return Payment(
+        id=payment_id,
+        status=None,
+        amount=None,
+        amount_received=None,
+        currency=None,
+        created=None,
+        problems=(f"Stripe refused to read it: {why}"[:300],),
+    )
 
 
 @dataclass

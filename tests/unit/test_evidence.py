@@ -26,6 +26,7 @@ from reconcile.model import (
     Severity,
     TicketKind,
 )
+from reconcile.stripe_batch import unreadable
 from reconcile.stripe_objects import payment_from_stripe
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -532,3 +533,11 @@ def test_replacing_amount_received_by_junk_never_changes_a_ticket_into_money() -
         payment = payment_from_stripe(pi(amount_received=junk))
         decision = decide(payment, replace(inflight(), amount=5000), POLICY, NOW)
         assert not decision.changes_ledger
+
+
+def test_a_payment_stripe_refused_to_read_is_a_ticket_and_moves_no_money() -> None:
+    d = decide(
+        unreadable("pi_refused", "HTTP 400 parameter_invalid_string"), inflight(), POLICY, NOW
+    )
+    assert not d.changes_ledger
+    assert d.ticket is not None and d.ticket.kind is TicketKind.UNVERIFIABLE_PAYMENT

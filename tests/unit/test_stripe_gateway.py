@@ -1001,3 +1001,22 @@ def test_read_ahead_reads_again_a_state_older_than_max_age(fake, make_gateway):
 
     assert all(result[pi["id"]] is not None for pi in pis[1:])
     assert sum(fake.counts.values()) > before  # stale: read again, not served from memory
+
+
+def test_fetch_many_answers_a_payment_stripe_refuses_to_read_as_unknown_and_reads_the_rest(
+    fake, make_gateway
+):
+    pis = [make_pi(f"pi_sparse_{i}", created=T0 + i * 86_400) for i in range(3)]
+    fake.add(*pis)
+    fake.failures.append(
+        (400, error_body(400, "parameter_invalid_string", "Invalid string: pi_sparse_0"), {})
+    )
+
+    result = fetch_many(make_gateway(), [(pi["id"], ledger_time(pi)) for pi in pis])
+
+    refused = result["pi_sparse_0"]
+    assert refused is not None and refused.status is None and refused.amount_received is None
+    assert "Stripe refused to read it" in refused.problems[0]
+    assert "HTTP 400" in refused.problems[0]
+    assert result["pi_sparse_1"] is not None and result["pi_sparse_1"].status is not None
+    assert result["pi_sparse_2"] is not None and result["pi_sparse_2"].status is not None
