@@ -388,6 +388,14 @@ def test_env_example_lists_every_contract_variable_and_only_real_ones() -> None:
     listed = set(env_file_names(ENV_EXAMPLE, include_commented=True))
     assert listed >= DESIGN_ENV, "env.example lists every variable of DESIGN.md"
     assert listed <= service_env(), f"not read by the service: {listed - service_env()}"
+    # Its header promises every variable the service reads.
+    assert listed >= service_env(), f"not in env.example: {sorted(service_env() - listed)}"
+
+
+def test_the_readme_documents_every_variable_the_service_reads() -> None:
+    readme = (DEPLOY.parent / "README.md").read_text()
+    missing = sorted(name for name in service_env() if f"`{name}`" not in readme)
+    assert not missing, f"not in the README: {missing}"
 
 
 def test_env_example_values() -> None:
