@@ -518,7 +518,12 @@ class Pass:
                 simple = d.ticket is None and not (
                     d.resolves and open_by_payment.get(item.payment_id)
                 )
-                commit = d.commit_amount or 0 if d.action is Action.COMMIT else 0
+                commit = 0
+                if d.action is Action.COMMIT:
+                    if d.commit_amount is None:  # no amount named: never read as 0
+                        back.append(item)
+                        continue
+                    commit = d.commit_amount
                 void = 0
                 if d.action is Action.VOID or (d.action is Action.COMMIT and d.void_remainder):
                     void = txn.remaining - commit
