@@ -31,7 +31,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from reconcile.inbox import HANDLED_PREFIXES
+from reconcile.inbox import HANDLED_PREFIXES, INVALID_REASONS
 
 __all__ = [
     "ACTIONS",
@@ -80,32 +80,27 @@ WEBHOOK_OUTCOMES = frozenset(
 )
 # Why a webhook was refused (recon_webhooks_rejected_total{reason}): a fixed set, so that
 # no input can grow the label set.  The JSON reasons are reconcile.inbox.INVALID_REASONS.
-REJECTION_REASONS = frozenset(
-    {
-        "no_signature",
-        "bad_signature",
-        "stale",
-        "future",
-        "not_utf8",
-        "not_json",
-        "not_object",
-        "not_event",
-        "bad_id",
-        "bad_type",
-        "bad_created",
-        "future_event",
-        "too_deep",
-        "unstorable",
-        "too_large",
-        "bad_length",
-        "slow_body",
-        "slow_headers",
-        "headers_too_large",
-        "malformed_http",
-        "over_capacity",
-        "no_secret",
-        "other",
-    }
+REJECTION_REASONS = (
+    frozenset(
+        {
+            "no_signature",
+            "bad_signature",
+            "stale",
+            "future",
+            "not_utf8",
+            "unstorable",
+            "too_large",
+            "bad_length",
+            "slow_body",
+            "slow_headers",
+            "headers_too_large",
+            "malformed_http",
+            "over_capacity",
+            "no_secret",
+            "other",
+        }
+    )
+    | INVALID_REASONS
 )
 
 WEBHOOKS = Counter(
