@@ -51,9 +51,9 @@ def test_blnk_without_its_url_or_key_is_a_one_line_configuration_error(recon):
     assert "RECON_LEDGER=blnk needs BLNK_URL" in missing_url.output
     missing_key = recon("ledger", "balances", BLNK_API_KEY="")
     assert missing_key.exit_code == 2 and "needs BLNK_API_KEY" in missing_key.output
-    bad_url = recon("ledger", "balances", BLNK_URL="blnk:5001", BLNK_API_KEY="sekrit-key-1")
+    bad_url = recon("ledger", "balances", BLNK_URL="ledgerhost:7", BLNK_API_KEY="sekrit-key-1")
     assert bad_url.exit_code == 2 and "BLNK_URL" in bad_url.output
-    assert "http:// or https:// URL" in bad_url.output and "blnk:5001" not in bad_url.output
+    assert "http:// or https://" in bad_url.output and "ledgerhost" not in bad_url.output
     assert "sekrit-key-1" not in bad_url.output
     assert len(missing_url.output.strip().splitlines()) == 1
 
