@@ -473,6 +473,16 @@ class BlnkLedger:
     def _lock(self, reference: str) -> None:
         self._upsert_claims([reference], lock=True)
 
+    def lock_references(self, references: Sequence[str]) -> dict[str, Transaction]:
+        wanted = sorted(set(references))  # one order for every worker: no deadlock
+        if not self.dry_run:
+            self._upsert_claims(wanted, lock=True)
+        out: dict[str, Transaction] = {}
+        for start in range(0, len(wanted), PAGE):
+            holds = self._holds_by_reference(wanted[start : start + PAGE])
+            out.update({ref: hold.txn for ref, hold in holds.items()})
+        return out
+
     def _claim(self, references: Sequence[str], now: datetime, lease: timedelta) -> set[str]:
         self._upsert_claims(references, lock=False)
         c = claims.c

@@ -144,3 +144,15 @@ class SettlesInSets(Protocol):
         when an entry is no longer in the state its Settlement names.
         """
         ...
+
+
+@runtime_checkable
+class LocksInBulk(Protocol):
+    """A ledger with no transaction of its own around a set (Blnk): the service's own rows
+    keep other workers off the entries while ``commit_many``/``void_many`` settle them, each
+    entry's result standing alone.  Runs on the caller's transaction, which holds the locks.
+    """
+
+    def lock_references(self, references: Sequence[str]) -> dict[str, Transaction]:
+        """Lock these references (in one order for every worker) and read them: ref -> state."""
+        ...

@@ -23,7 +23,7 @@ from sqlalchemy import Connection
 
 from ledger.errors import LedgerError, TransientError
 from ledger.model import NewTransaction, Settlement, Transaction, TxnStatus
-from ledger.protocol import LINK_KEY, Ledger, SettlesInSets, rehearsal
+from ledger.protocol import LINK_KEY, Ledger, LocksInBulk, SettlesInSets, rehearsal
 from reconcile import customers
 from reconcile import tickets as tk
 from reconcile.decide import decide
@@ -492,6 +492,8 @@ class Pass:
         """
         svc = self.svc
         ledger = svc.ledger_for(conn)
+        if isinstance(ledger, LocksInBulk):
+            return self._apply_bulk(conn, ledger, ledger, items, open_by_payment)
         if not isinstance(ledger, SettlesInSets):
             return list(items)
         ids = [i.txn.id for i in items if i.txn is not None]
@@ -584,6 +586,151 @@ class Pass:
                 )
             )
         return back
+
+    def _apply_bulk(
+        self,
+        conn: Connection,
+        ledger: Ledger,
+        locks: LocksInBulk,
+        items: Sequence[Item],
+        open_by_payment: Mapping[str, set[str]],
+    ) -> list[Item]:
+        """The plain settlements of a batch through the ledger's bulk calls (Blnk: 100 holds
+        a call instead of one PUT each).
+
+        Blnk has no transaction to roll back, so each entry's result stands alone: the
+        service's own claim rows, locked together on ``conn``, keep other workers off these
+        entries while they are decided again on what Blnk now holds and settled; an entry
+        whose commit or void did not succeed goes the per-payment path, which reads and
+        decides it again (a commit that landed and a void that did not leaves a remainder
+        that path voids).  Returns the items handed back.
+        """
+        svc = self.svc
+        refs = [i.txn.reference for i in items if i.txn is not None]
+        if len(refs) < 2:
+            return list(items)
+        back: list[Item] = [i for i in items if i.txn is None]
+        planned: list[tuple[Item, Decision, Transaction, int, int]] = []
+        done: list[tuple[Item, Decision, Transaction]] = []
+        tx = conn.begin()
+        try:
+            now = svc.clock()
+            locked = locks.lock_references(refs)
+            for item in items:
+                if item.txn is None:
+                    continue
+                plain = self._plain_settlement(
+                    item, locked.get(item.txn.reference), open_by_payment, now
+                )
+                if plain is None:
+                    back.append(item)
+                else:
+                    planned.append((item, *plain))
+            commits = [(txn.reference, c) for _, _, txn, c, _ in planned if c]
+            committed = {s.reference for s in ledger.commit_many(commits) if s.ok}
+            voids = [
+                txn.reference
+                for _, _, txn, c, v in planned
+                if v and (not c or txn.reference in committed)
+            ]
+            voided = {s.reference for s in ledger.void_many(voids) if s.ok}
+            audits: list[dict[str, Any]] = []
+            for item, d, txn, c, v in planned:
+                c_done = bool(c) and txn.reference in committed
+                v_done = bool(v) and txn.reference in voided
+                audits += self._settle_audits(
+                    item, d, txn, c if c_done else 0, v if v_done else 0, now
+                )
+                if (c and not c_done) or (v and not v_done):
+                    back.append(item)
+                else:
+                    done.append((item, d, txn))
+            record_audits(conn, audits)
+            if svc.customer_updates:
+                for item, d, txn in done:
+                    self._tell_customer(
+                        conn, item.payment_id, item.payment, to_entry(txn), d, None, False, now
+                    )
+            tx.commit()
+        except Exception as exc:
+            # What Blnk settled stands; the per-payment path reads every entry again and
+            # finds those settled, with nothing left to do for them.
+            if tx.is_active:
+                tx.rollback()
+            self._count("set_fallbacks")
+            if isinstance(exc, TransientError):
+                raise
+            return list(items)
+        self._settled(done)
+        return back
+
+    def _plain_settlement(
+        self,
+        item: Item,
+        txn: Transaction | None,
+        open_by_payment: Mapping[str, set[str]],
+        now: datetime,
+    ) -> tuple[Decision, Transaction, int, int] | None:
+        """(decision, entry, commit, void) when the entry, as locked, is only to be settled:
+        no ticket to open or resolve, no record to create, still INFLIGHT; else None."""
+        if txn is None or txn.status is not TxnStatus.INFLIGHT:
+            return None  # settled or gone meanwhile: the single path sees it
+        d = decide(item.payment, to_entry(txn), self.svc.policy, now)
+        if d.ticket is not None or (d.resolves and open_by_payment.get(item.payment_id)):
+            return None
+        commit = 0
+        if d.action is Action.COMMIT:
+            if d.commit_amount is None:  # no amount named: never read as 0
+                return None
+            commit = d.commit_amount
+        void = 0
+        if d.action is Action.VOID or (d.action is Action.COMMIT and d.void_remainder):
+            void = txn.remaining - commit
+        if not (commit or void) or commit > txn.remaining:
+            return None
+        return d, txn, commit, void
+
+    def _settle_audits(
+        self, item: Item, d: Decision, txn: Transaction, commit: int, void: int, now: datetime
+    ) -> list[dict[str, Any]]:
+        """The audit rows of a settlement: one for the commit, one for the void."""
+        common = {
+            "run_id": self.run.id if self.run else None,
+            "payment_id": item.payment_id,
+            "reference": txn.reference,
+            "reason": str(d.reason),
+            "actor": self.actor,
+            "now": now,
+            "currency": txn.currency,
+            "evidence": {
+                **self.evidence,
+                "stripe": tk.payment_state(item.payment),
+                "ledger": tk.entry_state(to_entry(txn)),
+                "decision": {"action": d.action.value, "reason": str(d.reason)},
+            },
+        }
+        rows: list[dict[str, Any]] = []
+        if commit:
+            rows.append({**common, "action": "commit", "amount": commit})
+        if void:
+            action = "void" if d.action is Action.VOID else "void_remainder"
+            rows.append({**common, "action": action, "amount": void})
+        return rows
+
+    def _settled(self, done: Sequence[tuple[Item, Decision, Transaction]]) -> None:
+        for item, d, txn in done:
+            self._count(d.action.value)
+            self.svc.hooks.action(d.action.value)
+            self.outcomes.append(
+                PaymentOutcome(
+                    item.payment_id,
+                    d,
+                    reference=txn.reference,
+                    payment=item.payment,
+                    currency=txn.currency,
+                    amount=_moved(d, txn),
+                )
+            )
 
     # -- acting ----------------------------------------------------------------------------
 

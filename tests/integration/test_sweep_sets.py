@@ -264,3 +264,62 @@ def test_a_backlog_split_into_parts_is_swept_once_whole_by_sweeps_of_each_part(
     assert set(_status(books).values()) == {"APPLIED"}
     assert _postings(books, "commit") == dict.fromkeys(ids, 1)
     _invariants_hold(books)
+
+
+def test_on_blnk_a_set_goes_in_bulk_calls_and_a_hold_voided_after_the_plan_is_decided_again(
+    books: Engine, stripe: Any
+) -> None:
+    from ledger.blnk import BlnkClient, BlnkLedger
+    from tests.blnk_server import run_server as run_blnk
+    from tests.support import seed_blnk_entry
+
+    with run_blnk() as blnk:
+        wallet = blnk.state.create_balance("USD").balance_id
+        tag = uuid.uuid4().hex[:6]
+        start = ago(hours=1)
+        ids = [f"pi_{tag}_{i:03}" for i in range(6)]
+        stripe.state.seed_payment_intents(
+            [
+                {
+                    "id": pid,
+                    "amount": 1500,
+                    "currency": "usd",
+                    "status": "succeeded",
+                    "created": epoch(start + timedelta(seconds=i)),
+                }
+                for i, pid in enumerate(ids)
+            ]
+        )
+        for i, pid in enumerate(ids):
+            seed_blnk_entry(
+                blnk.state, pid, 1500, created=start + timedelta(seconds=i), destination=wallet
+            )
+        client = BlnkClient(blnk.url, blnk.api_key, max_attempts=3, backoff_initial=0.001)
+        svc = make_services(
+            books, stripe.url, stripe.api_key, ledger_for=lambda c: BlnkLedger(c, client)
+        )
+        gw = svc.new_gateway()
+        with books.connect() as conn:
+            found = BlnkLedger(conn, client).find_linked_many(ids)
+        items = [Item(pid, gw.retrieve(pid), found[pid]) for pid in ids]  # all INFLIGHT
+        hold = found[ids[2]].id
+        blnk.state.update_inflight(hold, "void", None, skip_queue=True)  # another hand
+        Pass(svc, run=None).handle(items)
+        with books.connect() as conn:
+            now = BlnkLedger(conn, client).find_linked_many(ids)
+        assert now[ids[2]].status is TxnStatus.VOID and now[ids[2]].committed_amount == 0
+        assert all(now[p].status is TxnStatus.APPLIED for p in ids if p != ids[2])
+        (bulk,) = blnk.requests("POST", "/transactions/inflight/bulk/commit")
+        assert sorted(t["transaction_id"] for t in bulk.body["transactions"]) == sorted(
+            found[p].id for p in ids if p != ids[2]
+        )
+        assert not blnk.requests("PUT", f"/transactions/inflight/{hold}")
+        with books.connect() as conn:
+            rows = conn.execute(select(audit.c.payment_id, audit.c.action)).all()
+            kinds = conn.execute(
+                select(tickets.c.kind).where(tickets.c.payment_id == ids[2])
+            ).scalars()
+            assert list(kinds) == ["paid_but_voided"]
+        assert sorted(rows) == sorted(
+            [(p, "commit") for p in ids if p != ids[2]] + [(ids[2], "ticket_opened")]
+        )
