@@ -31,6 +31,7 @@ from sqlalchemy import Connection, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from reconcile.model import Entry, Payment
+from reconcile.pgsets import recordset, rows_json
 from reconcile.tables import customer_keys, customer_payments, customers
 
 __all__ = [
@@ -327,31 +328,32 @@ def _upsert_payments(conn: Connection, rows: list[dict[str, Any]]) -> None:
 # bound once and unnested by the server, instead of a statement (or a compiled row) per
 # customer, key or payment.  Same decisions as the portable path above, in the same order.
 
+_OWNERS = (("kind", "text"), ("value", "text"))
 _PG_OWNERS = (
     "SELECT k.kind, k.value, k.customer_id FROM recon_customer_keys k"
-    " JOIN unnest(%(kinds)s::text[], %(vals)s::text[]) AS u(kind, value)"
-    " ON k.kind = u.kind AND k.value = u.value WHERE k.kind <> 'name'"
+    f" JOIN {recordset(_OWNERS)} ON k.kind = u.kind AND k.value = u.value"
+    " WHERE k.kind <> 'name'"
 )
+_NEW = (("key", "text"), ("name", "text"), ("email", "text"), ("sc", "text"))
 _PG_CREATE = (
     "INSERT INTO recon_customers (key, name, email, stripe_customer, created_at, updated_at)"
-    " SELECT u.key, u.name, u.email, u.sc, %(now)s, %(now)s FROM unnest(%(keys)s::text[],"
-    " %(names)s::text[], %(emails)s::text[], %(scs)s::text[]) AS u(key, name, email, sc)"
+    f" SELECT u.key, u.name, u.email, u.sc, %(now)s, %(now)s FROM {recordset(_NEW)}"
     " ON CONFLICT (key) DO NOTHING"
 )
 _PG_IDS = "SELECT key, id FROM recon_customers WHERE key = ANY(%(keys)s::text[])"
 # Another worker may have claimed an identity meanwhile: its claim stands.
+_CLAIMS = (("kind", "text"), ("value", "text"), ("customer_id", "int"))
 _PG_KEYS = (
     "INSERT INTO recon_customer_keys (kind, value, customer_id)"
-    " SELECT * FROM unnest(%(kinds)s::text[], %(vals)s::text[], %(cids)s::int[])"
-    " ON CONFLICT DO NOTHING"
+    f" SELECT u.kind, u.value, u.customer_id FROM {recordset(_CLAIMS)} ON CONFLICT DO NOTHING"
 )
 # Only customers with a display field still unknown that this batch knows are written.
+_FILL = (("id", "int"), ("name", "text"), ("email", "text"), ("sc", "text"))
 _PG_FILL = (
     "UPDATE recon_customers c SET name = coalesce(c.name, u.name),"
     " email = coalesce(c.email, u.email),"
     " stripe_customer = coalesce(c.stripe_customer, u.sc), updated_at = %(now)s"
-    " FROM unnest(%(ids)s::int[], %(names)s::text[], %(emails)s::text[], %(scs)s::text[])"
-    " AS u(id, name, email, sc) WHERE c.id = u.id AND ((c.name IS NULL AND u.name IS NOT NULL)"
+    f" FROM {recordset(_FILL)} WHERE c.id = u.id AND ((c.name IS NULL AND u.name IS NOT NULL)"
     " OR (c.email IS NULL AND u.email IS NOT NULL)"
     " OR (c.stripe_customer IS NULL AND u.sc IS NOT NULL))"
 )
@@ -376,7 +378,7 @@ def _pg_payments_sql(read: bool) -> str:
     # last known Stripe state (it says nothing of it).
     cols = _PG_PAYMENT_COLS if read else _PG_PAYMENT_COLS[:6]
     names = ", ".join(c for c, _ in cols)
-    arrays = ", ".join(f"%({c})s::{t}[]" for c, t in cols)
+    picked = ", ".join(f"u.{c}" for c, _ in cols)
     fields = ["customer_id", "balance", "amount", "currency", "created", "updated_at"]
     extra = ", stripe_seen_at" if read else ""
     if read:
@@ -384,9 +386,8 @@ def _pg_payments_sql(read: bool) -> str:
     sets = ", ".join(f"{f} = excluded.{f}" for f in fields)
     return (
         f"INSERT INTO recon_customer_payments ({names}{extra}, updated_at)"
-        f" SELECT u.*{', %(now)s' if read else ''}, %(now)s::timestamptz"
-        f" FROM unnest({arrays}) AS u({names})"
-        f" ON CONFLICT (payment_id) DO UPDATE SET {sets}"
+        f" SELECT {picked}{', %(now)s' if read else ''}, %(now)s::timestamptz"
+        f" FROM {recordset(cols)} ON CONFLICT (payment_id) DO UPDATE SET {sets}"
     )
 
 
@@ -399,7 +400,8 @@ def _record_pg(conn: Connection, wanted: Sequence[Sighting], now: datetime) -> N
     owner: dict[tuple[str, str], int] = {}
     if keys:
         rows = conn.exec_driver_sql(
-            _PG_OWNERS, {"kinds": [k for k, _ in keys], "vals": [v for _, v in keys]}
+            _PG_OWNERS,
+            {"rows": rows_json({"kind": [k for k, _ in keys], "value": [v for _, v in keys]})},
         )
         for kind, value, cid in rows:
             owner[(kind, value)] = int(cid)
@@ -424,15 +426,19 @@ def _record_pg(conn: Connection, wanted: Sequence[Sighting], now: datetime) -> N
         chosen.append(cid)
     real: dict[int, int] = {}
     if fresh:
-        made = list(fresh.values())
+        made = [s for _, s in fresh.values()]
         conn.exec_driver_sql(
             _PG_CREATE,
             {
                 "now": now,
-                "keys": list(fresh),
-                "names": [s.name for _, s in made],
-                "emails": [s.email for _, s in made],
-                "scs": [s.stripe_customer for _, s in made],
+                "rows": rows_json(
+                    {
+                        "key": list(fresh),
+                        "name": [s.name for s in made],
+                        "email": [s.email for s in made],
+                        "sc": [s.stripe_customer for s in made],
+                    }
+                ),
             },
         )
         ids_by_key = {
@@ -448,9 +454,13 @@ def _record_pg(conn: Connection, wanted: Sequence[Sighting], now: datetime) -> N
         conn.exec_driver_sql(
             _PG_KEYS,
             {
-                "kinds": [k for k, _, _ in unique],
-                "vals": [v for _, v, _ in unique],
-                "cids": [c for _, _, c in unique],
+                "rows": rows_json(
+                    {
+                        "kind": [k for k, _, _ in unique],
+                        "value": [v for _, v, _ in unique],
+                        "customer_id": [c for _, _, c in unique],
+                    }
+                )
             },
         )
     touched: dict[int, Sighting] = {}
@@ -465,18 +475,21 @@ def _record_pg(conn: Connection, wanted: Sequence[Sighting], now: datetime) -> N
             _PG_FILL,
             {
                 "now": now,
-                "ids": [cid for cid, _ in fill],
-                "names": [s.name for _, s in fill],
-                "emails": [s.email for _, s in fill],
-                "scs": [s.stripe_customer for _, s in fill],
+                "rows": rows_json(
+                    {
+                        "id": [cid for cid, _ in fill],
+                        "name": [s.name for _, s in fill],
+                        "email": [s.email for _, s in fill],
+                        "sc": [s.stripe_customer for _, s in fill],
+                    }
+                ),
             },
         )
     for read in (True, False):
         part = [(s, cid) for s, cid in payments.values() if s.stripe_read is read]
         if not part:
             continue
-        params: dict[str, Any] = {
-            "now": now,
+        cols: dict[str, list[Any]] = {
             "payment_id": [s.payment_id for s, _ in part],
             "customer_id": [cid for _, cid in part],
             "balance": [s.balance for s, _ in part],
@@ -486,15 +499,15 @@ def _record_pg(conn: Connection, wanted: Sequence[Sighting], now: datetime) -> N
         }
         if read:
             ps = [s.payment for s, _ in part]
-            params["status"] = [p.status.value if p and p.status else None for p in ps]
-            params["amount_received"] = [p.amount_received if p else None for p in ps]
-            params["amount_refunded"] = [p.amount_refunded if p else None for p in ps]
-            params["disputed"] = [p.disputed if p else None for p in ps]
-            params["last_payment_error"] = [
+            cols["status"] = [p.status.value if p and p.status else None for p in ps]
+            cols["amount_received"] = [p.amount_received if p else None for p in ps]
+            cols["amount_refunded"] = [p.amount_refunded if p else None for p in ps]
+            cols["disputed"] = [p.disputed if p else None for p in ps]
+            cols["last_payment_error"] = [
                 (p.last_payment_error or "")[:200] or None if p else None for p in ps
             ]
-            params["livemode"] = [p.livemode if p else None for p in ps]
-        conn.exec_driver_sql(_PG_PAYMENTS[read], params)
+            cols["livemode"] = [p.livemode if p else None for p in ps]
+        conn.exec_driver_sql(_PG_PAYMENTS[read], {"now": now, "rows": rows_json(cols)})
 
 
 # -- reading ------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, desc, func, select, update
 
+from reconcile.pgsets import recordset, rows_json
 from reconcile.tables import audit, cursors, runs
 
 SUCCEEDED = "succeeded"
@@ -294,35 +295,42 @@ def record_audits(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
 # A sweep writes an audit row per settled payment: arrays bound once and unnested by the
 # server cost a fraction of a compiled row each.  The evidence is serialised as the JSON
 # column would (json.dumps), so a row reads back the same whichever path wrote it.
+_AUDIT_COLS = (
+    ("run_id", "int"),
+    ("payment_id", "text"),
+    ("reference", "text"),
+    ("action", "text"),
+    ("reason", "text"),
+    ("actor", "text"),
+    ("amount", "bigint"),
+    ("currency", "text"),
+    ("evidence", "text"),
+    ("ticket_id", "int"),
+    ("created_at", "timestamptz"),
+)
 _PG_AUDITS = (
     "INSERT INTO recon_audit (run_id, payment_id, reference, action, reason, actor, amount,"
     " currency, evidence, ticket_id, created_at)"
     " SELECT u.run_id, u.payment_id, u.reference, u.action, u.reason, u.actor, u.amount,"
-    " u.currency, u.evidence::json, u.ticket_id, u.created_at FROM unnest(%(run_id)s::int[],"
-    " %(payment_id)s::text[], %(reference)s::text[], %(action)s::text[], %(reason)s::text[],"
-    " %(actor)s::text[], %(amount)s::bigint[], %(currency)s::text[], %(evidence)s::text[],"
-    " %(ticket_id)s::int[], %(created_at)s::timestamptz[]) AS u(run_id, payment_id,"
-    " reference, action, reason, actor, amount, currency, evidence, ticket_id, created_at)"
+    f" u.currency, u.evidence::json, u.ticket_id, u.created_at FROM {recordset(_AUDIT_COLS)}"
 )
 
 
 def _record_audits_pg(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-    conn.exec_driver_sql(
-        _PG_AUDITS,
-        {
-            "run_id": [r.get("run_id") for r in rows],
-            "payment_id": [r.get("payment_id") for r in rows],
-            "reference": [r.get("reference") for r in rows],
-            "action": [r["action"] for r in rows],
-            "reason": [r["reason"] for r in rows],
-            "actor": [r["actor"] for r in rows],
-            "amount": [r.get("amount") for r in rows],
-            "currency": [r.get("currency") for r in rows],
-            "evidence": [json.dumps(dict(r.get("evidence") or {})) for r in rows],
-            "ticket_id": [r.get("ticket_id") for r in rows],
-            "created_at": [r["now"] for r in rows],
-        },
-    )
+    cols = {
+        "run_id": [r.get("run_id") for r in rows],
+        "payment_id": [r.get("payment_id") for r in rows],
+        "reference": [r.get("reference") for r in rows],
+        "action": [r["action"] for r in rows],
+        "reason": [r["reason"] for r in rows],
+        "actor": [r["actor"] for r in rows],
+        "amount": [r.get("amount") for r in rows],
+        "currency": [r.get("currency") for r in rows],
+        "evidence": [json.dumps(dict(r.get("evidence") or {})) for r in rows],
+        "ticket_id": [r.get("ticket_id") for r in rows],
+        "created_at": [r["now"] for r in rows],
+    }
+    conn.exec_driver_sql(_PG_AUDITS, {"rows": rows_json(cols)})
 
 
 def last_run(conn: Connection, job: str) -> Mapping[str, Any] | None:
