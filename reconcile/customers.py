@@ -401,7 +401,11 @@ def _record_pg(conn: Connection, wanted: Sequence[Sighting], now: datetime) -> N
     if keys:
         rows = conn.exec_driver_sql(
             _PG_OWNERS,
-            {"rows": rows_json({"kind": [k for k, _ in keys], "value": [v for _, v in keys]})},
+            {
+                "rows": rows_json(
+                    _OWNERS, {"kind": [k for k, _ in keys], "value": [v for _, v in keys]}
+                )
+            },
         )
         for kind, value, cid in rows:
             owner[(kind, value)] = int(cid)
@@ -432,12 +436,13 @@ def _record_pg(conn: Connection, wanted: Sequence[Sighting], now: datetime) -> N
             {
                 "now": now,
                 "rows": rows_json(
+                    _NEW,
                     {
                         "key": list(fresh),
                         "name": [s.name for s in made],
                         "email": [s.email for s in made],
                         "sc": [s.stripe_customer for s in made],
-                    }
+                    },
                 ),
             },
         )
@@ -455,11 +460,12 @@ def _record_pg(conn: Connection, wanted: Sequence[Sighting], now: datetime) -> N
             _PG_KEYS,
             {
                 "rows": rows_json(
+                    _CLAIMS,
                     {
                         "kind": [k for k, _, _ in unique],
                         "value": [v for _, v, _ in unique],
                         "customer_id": [c for _, _, c in unique],
-                    }
+                    },
                 )
             },
         )
@@ -476,12 +482,13 @@ def _record_pg(conn: Connection, wanted: Sequence[Sighting], now: datetime) -> N
             {
                 "now": now,
                 "rows": rows_json(
+                    _FILL,
                     {
                         "id": [cid for cid, _ in fill],
                         "name": [s.name for _, s in fill],
                         "email": [s.email for _, s in fill],
                         "sc": [s.stripe_customer for _, s in fill],
-                    }
+                    },
                 ),
             },
         )
@@ -507,7 +514,13 @@ def _record_pg(conn: Connection, wanted: Sequence[Sighting], now: datetime) -> N
                 (p.last_payment_error or "")[:200] or None if p else None for p in ps
             ]
             cols["livemode"] = [p.livemode if p else None for p in ps]
-        conn.exec_driver_sql(_PG_PAYMENTS[read], {"now": now, "rows": rows_json(cols)})
+        conn.exec_driver_sql(
+            _PG_PAYMENTS[read],
+            {
+                "now": now,
+                "rows": rows_json(_PG_PAYMENT_COLS if read else _PG_PAYMENT_COLS[:6], cols),
+            },
+        )
 
 
 # -- reading ------------------------------------------------------------------------------

@@ -330,7 +330,7 @@ def _record_audits_pg(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> No
         "ticket_id": [r.get("ticket_id") for r in rows],
         "created_at": [r["now"] for r in rows],
     }
-    conn.exec_driver_sql(_PG_AUDITS, {"rows": rows_json(cols)})
+    conn.exec_driver_sql(_PG_AUDITS, {"rows": rows_json(_AUDIT_COLS, cols)})
 
 
 def last_run(conn: Connection, job: str) -> Mapping[str, Any] | None:
