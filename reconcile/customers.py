@@ -30,8 +30,8 @@ from typing import Any
 from sqlalchemy import Connection, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ledger.pgsets import recordset, rows_json
 from reconcile.model import Entry, Payment
-from reconcile.pgsets import recordset, rows_json
 from reconcile.tables import customer_keys, customer_payments, customers
 
 __all__ = [

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, desc, func, select, update
 
-from reconcile.pgsets import recordset, rows_json
+from ledger.pgsets import recordset, rows_json
 from reconcile.tables import audit, cursors, runs
 
 SUCCEEDED = "succeeded"

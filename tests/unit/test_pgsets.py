@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from reconcile.pgsets import recordset, rows_json
+from ledger.pgsets import recordset, rows_json
 
 SPEC = [("id", "int"), ("name", "text"), ("at", "timestamptz")]
 

@@ -30,8 +30,9 @@ def rows_json(spec: Sequence[tuple[str, str]], columns: Mapping[str, Sequence[An
     of ``spec`` (the recordset's), in its order: a row is read back by position."""
     if list(columns) != [name for name, _ in spec]:
         raise ValueError(f"columns {list(columns)} are not those of the recordset {spec}")
-    for name, values in columns.items():
-        for v in values:
-            if isinstance(v, datetime) and v.tzinfo is None:
-                raise ValueError(f"naive datetime in {name}: pass an aware (UTC) time")
+    for name, pgtype in spec:
+        if pgtype.startswith("timestamp"):
+            for v in columns[name]:
+                if isinstance(v, datetime) and v.tzinfo is None:
+                    raise ValueError(f"naive datetime in {name}: pass an aware (UTC) time")
     return orjson.dumps(list(zip(*columns.values(), strict=True))).decode()
