@@ -771,6 +771,7 @@ class SqlLedger:
         wanted = list(dict.fromkeys(links))
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
+            asked = set(chunk)  # membership per row: a list made this quadratic in the chunk
             rows = self.conn.execute(
                 select(transactions).where(
                     or_(transactions.c.reference.in_(chunk), transactions.c.link.in_(chunk))
@@ -779,10 +780,10 @@ class SqlLedger:
             for row in rows:
                 txn = _row_to_txn(row)
                 # A reference match wins over a metadata link, as in find_linked.
-                if txn.reference in chunk:
+                if txn.reference in asked:
                     out[txn.reference] = txn
                 link = row["link"]
-                if link in chunk and link not in out:
+                if link in asked and link not in out:
                     out[link] = txn
         return out
 
