@@ -66,6 +66,7 @@ from ledger.model import (
     TxnStatus,
     Violation,
 )
+from ledger.pgsets import recordset, rows_json
 from ledger.protocol import LINK_KEY
 from ledger.types import UtcDateTime
 
@@ -211,20 +212,25 @@ _WRITE_ALL = _STORE.add_cte(_MOVE.cte("moved"), _POST.cte("posting"))
 # Set-based settling (PostgreSQL): each statement takes the whole set as arrays.  The state
 # change only applies to rows still in the state the caller read under its lock; fewer rows
 # than asked means the caller's picture is wrong and it must roll back.
-_SETTLE_SET = text(
-    """
+_SETTLED_COLS = (
+    ("id", "text"),
+    ("was_committed", "bigint"),
+    ("was_voided", "bigint"),
+    ("committed", "bigint"),
+    ("voided", "bigint"),
+    ("status", "text"),
+)
+# The per-entry rows of a set travel as one JSON document (ledger/pgsets.py): binding an
+# array per column made psycopg escape every element in Python.
+_SETTLE_SET = f"""
     UPDATE ledger_transactions AS t
-       SET committed_amount = v.committed, voided_amount = v.voided, status = v.status,
-           claimed_until = NULL, updated_at = :now
-      FROM unnest(CAST(:ids AS text[]), CAST(:was_committed AS bigint[]),
-                  CAST(:was_voided AS bigint[]), CAST(:committed AS bigint[]),
-                  CAST(:voided AS bigint[]), CAST(:status AS text[]))
-           AS v(id, was_committed, was_voided, committed, voided, status)
-     WHERE t.id = v.id AND t.status = 'INFLIGHT'
-       AND t.committed_amount = v.was_committed AND t.voided_amount = v.was_voided
+       SET committed_amount = u.committed, voided_amount = u.voided, status = u.status,
+           claimed_until = NULL, updated_at = %(now)s
+      FROM {recordset(_SETTLED_COLS)}
+     WHERE t.id = u.id AND t.status = 'INFLIGHT'
+       AND t.committed_amount = u.was_committed AND t.voided_amount = u.was_voided
     RETURNING t.id
     """
-)
 # Balances are locked in key order before they are moved, as the single-entry path does
 # (its IN list walks the primary key), so a batch and a single commit cannot deadlock.
 _LOCK_BALANCES = text(
@@ -249,14 +255,11 @@ _MOVE_SET = text(
      WHERE b.name = v.name AND b.currency = v.currency
     """
 )
-_POST_SET = text(
-    """
+_POSTED_COLS = (("tid", "text"), ("kind", "text"), ("amount", "bigint"))
+_POST_SET = f"""
     INSERT INTO ledger_postings (transaction_id, kind, amount, idempotency_key, created_at)
-    SELECT v.tid, v.kind, v.amount, NULL, :now
-      FROM unnest(CAST(:tids AS text[]), CAST(:kinds AS text[]), CAST(:amounts AS bigint[]))
-           AS v(tid, kind, amount)
+    SELECT u.tid, u.kind, u.amount, NULL, %(now)s FROM {recordset(_POSTED_COLS)}
     """
-)
 
 
 def _utcnow() -> datetime:
@@ -622,22 +625,18 @@ class SqlLedger:
             planned.append((s, committed, voided, status))
         if self._dialect != "postgresql":
             return [self._settle_rowwise(s, now) for s, *_ in planned]
-        changed = (
-            self.conn.execute(
-                _SETTLE_SET,
-                {
-                    "now": now,
-                    "ids": [s.txn.id for s, *_ in planned],
-                    "was_committed": [s.txn.committed_amount for s, *_ in planned],
-                    "was_voided": [s.txn.voided_amount for s, *_ in planned],
-                    "committed": [c for _, c, _, _ in planned],
-                    "voided": [v for _, _, v, _ in planned],
-                    "status": [st.value for *_, st in planned],
-                },
-            )
-            .scalars()
-            .all()
+        rows = rows_json(
+            _SETTLED_COLS,
+            {
+                "id": [s.txn.id for s, *_ in planned],
+                "was_committed": [s.txn.committed_amount for s, *_ in planned],
+                "was_voided": [s.txn.voided_amount for s, *_ in planned],
+                "committed": [c for _, c, _, _ in planned],
+                "voided": [v for _, _, v, _ in planned],
+                "status": [st.value for *_, st in planned],
+            },
         )
+        changed = self.conn.exec_driver_sql(_SETTLE_SET, {"now": now, "rows": rows}).all()
         if len(changed) != len(planned):
             raise StateError(
                 f"{len(planned) - len(changed)} of {len(planned)} entries changed after they "
@@ -677,7 +676,8 @@ class SqlLedger:
                 "debit": [deltas[k][2] for k in keys],
             },
         )
-        self.conn.execute(_POST_SET, {"now": now, "tids": tids, "kinds": kinds, "amounts": amounts})
+        posted = rows_json(_POSTED_COLS, {"tid": tids, "kind": kinds, "amount": amounts})
+        self.conn.exec_driver_sql(_POST_SET, {"now": now, "rows": posted})
         # The rows now hold exactly what was written (they were locked and matched the state
         # they were read in), so the new states need no second read.
         return [
@@ -771,6 +771,7 @@ class SqlLedger:
         wanted = list(dict.fromkeys(links))
         for start in range(0, len(wanted), 500):
             chunk = wanted[start : start + 500]
+            asked = set(chunk)  # membership per row: a list made this quadratic in the chunk
             rows = self.conn.execute(
                 select(transactions).where(
                     or_(transactions.c.reference.in_(chunk), transactions.c.link.in_(chunk))
@@ -779,10 +780,10 @@ class SqlLedger:
             for row in rows:
                 txn = _row_to_txn(row)
                 # A reference match wins over a metadata link, as in find_linked.
-                if txn.reference in chunk:
+                if txn.reference in asked:
                     out[txn.reference] = txn
                 link = row["link"]
-                if link in chunk and link not in out:
+                if link in asked and link not in out:
                     out[link] = txn
         return out
 

@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import Connection, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from ledger.pgsets import recordset, rows_json
 from reconcile.model import Entry, Payment
 from reconcile.tables import customer_keys, customer_payments, customers
 
@@ -186,6 +187,14 @@ def record(conn: Connection, sightings: Sequence[Sighting], now: datetime) -> No
     wanted = [s for s in sightings if s.primary is not None]
     if not wanted:
         return
+    if conn.dialect.name == "postgresql":
+        _record_pg(conn, wanted, now)
+    else:
+        _record_rows(conn, wanted, now)
+
+
+def _record_rows(conn: Connection, wanted: Sequence[Sighting], now: datetime) -> None:
+    """The portable path (SQLite; and the reference the PostgreSQL one is tested against)."""
     keys = {k for s in wanted for k in s.identities()}
     owner: dict[tuple[str, str], int] = {}
     for start in range(0, len(keys), 300):
@@ -311,6 +320,206 @@ def _upsert_payments(conn: Connection, rows: list[dict[str, Any]]) -> None:
                 set_={f: getattr(stmt.excluded, f) for f in fields},
             ),
             part,
+        )
+
+
+# -- writing, PostgreSQL: one statement per step, whatever the batch size ---------------------
+# The sweep writes the index for every payment it sees, so this is on its hot path: arrays
+# bound once and unnested by the server, instead of a statement (or a compiled row) per
+# customer, key or payment.  Same decisions as the portable path above, in the same order.
+
+_OWNERS = (("kind", "text"), ("value", "text"))
+_PG_OWNERS = (
+    "SELECT k.kind, k.value, k.customer_id FROM recon_customer_keys k"
+    f" JOIN {recordset(_OWNERS)} ON k.kind = u.kind AND k.value = u.value"
+    " WHERE k.kind <> 'name'"
+)
+_NEW = (("key", "text"), ("name", "text"), ("email", "text"), ("sc", "text"))
+_PG_CREATE = (
+    "INSERT INTO recon_customers (key, name, email, stripe_customer, created_at, updated_at)"
+    f" SELECT u.key, u.name, u.email, u.sc, %(now)s, %(now)s FROM {recordset(_NEW)}"
+    " ON CONFLICT (key) DO NOTHING"
+)
+_PG_IDS = "SELECT key, id FROM recon_customers WHERE key = ANY(%(keys)s::text[])"
+# Another worker may have claimed an identity meanwhile: its claim stands.
+_CLAIMS = (("kind", "text"), ("value", "text"), ("customer_id", "int"))
+_PG_KEYS = (
+    "INSERT INTO recon_customer_keys (kind, value, customer_id)"
+    f" SELECT u.kind, u.value, u.customer_id FROM {recordset(_CLAIMS)} ON CONFLICT DO NOTHING"
+)
+# Only customers with a display field still unknown that this batch knows are written.
+_FILL = (("id", "int"), ("name", "text"), ("email", "text"), ("sc", "text"))
+_PG_FILL = (
+    "UPDATE recon_customers c SET name = coalesce(c.name, u.name),"
+    " email = coalesce(c.email, u.email),"
+    " stripe_customer = coalesce(c.stripe_customer, u.sc), updated_at = %(now)s"
+    f" FROM {recordset(_FILL)} WHERE c.id = u.id AND ((c.name IS NULL AND u.name IS NOT NULL)"
+    " OR (c.email IS NULL AND u.email IS NOT NULL)"
+    " OR (c.stripe_customer IS NULL AND u.sc IS NOT NULL))"
+)
+_PG_PAYMENT_COLS = (
+    ("payment_id", "text"),
+    ("customer_id", "int"),
+    ("balance", "text"),
+    ("amount", "bigint"),
+    ("currency", "text"),
+    ("created", "timestamptz"),
+    ("status", "text"),
+    ("amount_received", "bigint"),
+    ("amount_refunded", "bigint"),
+    ("disputed", "boolean"),
+    ("last_payment_error", "text"),
+    ("livemode", "boolean"),
+)
+
+
+def _pg_payments_sql(read: bool) -> str:
+    # A sighting that read Stripe overwrites its fields; one from the ledger alone keeps the
+    # last known Stripe state (it says nothing of it).
+    cols = _PG_PAYMENT_COLS if read else _PG_PAYMENT_COLS[:6]
+    names = ", ".join(c for c, _ in cols)
+    picked = ", ".join(f"u.{c}" for c, _ in cols)
+    fields = ["customer_id", "balance", "amount", "currency", "created", "updated_at"]
+    extra = ", stripe_seen_at" if read else ""
+    if read:
+        fields += list(_STRIPE_FIELDS)
+    sets = ", ".join(f"{f} = excluded.{f}" for f in fields)
+    return (
+        f"INSERT INTO recon_customer_payments ({names}{extra}, updated_at)"
+        f" SELECT {picked}{', %(now)s' if read else ''}, %(now)s::timestamptz"
+        f" FROM {recordset(cols)} ON CONFLICT (payment_id) DO UPDATE SET {sets}"
+    )
+
+
+_PG_PAYMENTS = {True: _pg_payments_sql(True), False: _pg_payments_sql(False)}
+
+
+def _record_pg(conn: Connection, wanted: Sequence[Sighting], now: datetime) -> None:
+    idents = [s.identities() for s in wanted]
+    keys = list({k for ids in idents for k in ids})
+    owner: dict[tuple[str, str], int] = {}
+    if keys:
+        rows = conn.exec_driver_sql(
+            _PG_OWNERS,
+            {
+                "rows": rows_json(
+                    _OWNERS, {"kind": [k for k, _ in keys], "value": [v for _, v in keys]}
+                )
+            },
+        )
+        for kind, value, cid in rows:
+            owner[(kind, value)] = int(cid)
+    # Customers new to the index get a placeholder (a negative number) until the batch's
+    # creations are written together; what they claim is kept in the same order as before.
+    fresh: dict[str, tuple[int, Sighting]] = {}
+    claims: list[tuple[str, str, int]] = []
+    chosen: list[int] = []
+    for s, ids in zip(wanted, idents, strict=True):
+        cid = next((owner[k] for k in ids if k in owner), None)
+        if cid is None:
+            key = s.primary or ""
+            if key not in fresh:
+                fresh[key] = (-1 - len(fresh), s)
+            cid = fresh[key][0]
+        for k in ids:
+            if k not in owner:
+                owner[k] = cid
+                claims.append((k[0], k[1], cid))
+        if s.name:
+            claims.extend((NAME, tok, cid) for tok in name_tokens(s.name))
+        chosen.append(cid)
+    real: dict[int, int] = {}
+    if fresh:
+        made = [s for _, s in fresh.values()]
+        conn.exec_driver_sql(
+            _PG_CREATE,
+            {
+                "now": now,
+                "rows": rows_json(
+                    _NEW,
+                    {
+                        "key": list(fresh),
+                        "name": [s.name for s in made],
+                        "email": [s.email for s in made],
+                        "sc": [s.stripe_customer for s in made],
+                    },
+                ),
+            },
+        )
+        ids_by_key = {
+            str(k): int(i) for k, i in conn.exec_driver_sql(_PG_IDS, {"keys": list(fresh)})
+        }
+        real = {tmp: ids_by_key[key] for key, (tmp, _) in fresh.items()}
+
+    def resolve(cid: int) -> int:
+        return real[cid] if cid < 0 else cid
+
+    if claims:
+        unique = list(dict.fromkeys((k, v, resolve(c)) for k, v, c in claims))
+        conn.exec_driver_sql(
+            _PG_KEYS,
+            {
+                "rows": rows_json(
+                    _CLAIMS,
+                    {
+                        "kind": [k for k, _, _ in unique],
+                        "value": [v for _, v, _ in unique],
+                        "customer_id": [c for _, _, c in unique],
+                    },
+                )
+            },
+        )
+    touched: dict[int, Sighting] = {}
+    payments: dict[str, tuple[Sighting, int]] = {}
+    for s, cid in zip(wanted, chosen, strict=True):
+        cid = resolve(cid)
+        touched[cid] = s
+        payments[s.payment_id] = (s, cid)
+    fill = [(cid, s) for cid, s in touched.items() if s.name or s.email or s.stripe_customer]
+    if fill:
+        conn.exec_driver_sql(
+            _PG_FILL,
+            {
+                "now": now,
+                "rows": rows_json(
+                    _FILL,
+                    {
+                        "id": [cid for cid, _ in fill],
+                        "name": [s.name for _, s in fill],
+                        "email": [s.email for _, s in fill],
+                        "sc": [s.stripe_customer for _, s in fill],
+                    },
+                ),
+            },
+        )
+    for read in (True, False):
+        part = [(s, cid) for s, cid in payments.values() if s.stripe_read is read]
+        if not part:
+            continue
+        cols: dict[str, list[Any]] = {
+            "payment_id": [s.payment_id for s, _ in part],
+            "customer_id": [cid for _, cid in part],
+            "balance": [s.balance for s, _ in part],
+            "amount": [s.amount for s, _ in part],
+            "currency": [s.currency for s, _ in part],
+            "created": [s.created for s, _ in part],
+        }
+        if read:
+            ps = [s.payment for s, _ in part]
+            cols["status"] = [p.status.value if p and p.status else None for p in ps]
+            cols["amount_received"] = [p.amount_received if p else None for p in ps]
+            cols["amount_refunded"] = [p.amount_refunded if p else None for p in ps]
+            cols["disputed"] = [p.disputed if p else None for p in ps]
+            cols["last_payment_error"] = [
+                (p.last_payment_error or "")[:200] or None if p else None for p in ps
+            ]
+            cols["livemode"] = [p.livemode if p else None for p in ps]
+        conn.exec_driver_sql(
+            _PG_PAYMENTS[read],
+            {
+                "now": now,
+                "rows": rows_json(_PG_PAYMENT_COLS if read else _PG_PAYMENT_COLS[:6], cols),
+            },
         )
 
 

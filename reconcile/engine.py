@@ -501,7 +501,7 @@ class Pass:
             return list(items)
         run_id = self.run.id if self.run else None
         back: list[Item] = [i for i in items if i.txn is None]
-        done: list[tuple[Item, Decision, Transaction]] = []
+        done: list[tuple[Item, Decision, Transaction, Entry | None]] = []
         tx = conn.begin()
         try:
             now = svc.clock()
@@ -533,7 +533,7 @@ class Pass:
                     back.append(item)
                     continue
                 settlements.append(Settlement(txn, commit, void))
-                done.append((item, d, txn))
+                done.append((item, d, txn, entry))
                 evidence = {
                     **self.evidence,
                     "stripe": tk.payment_state(item.payment),
@@ -558,9 +558,9 @@ class Pass:
             ledger.settle_locked(settlements)
             record_audits(conn, audits)
             if svc.customer_updates:
-                for item, d, txn in done:
+                for item, d, _, entry in done:
                     self._tell_customer(
-                        conn, item.payment_id, item.payment, to_entry(txn), d, None, False, now
+                        conn, item.payment_id, item.payment, entry, d, None, False, now
                     )
             tx.commit()
         except Exception as exc:
@@ -572,7 +572,7 @@ class Pass:
             if isinstance(exc, TransientError):
                 raise
             return list(items)
-        for item, d, txn in done:
+        for item, d, txn, _ in done:
             self._count(d.action.value)
             svc.hooks.action(d.action.value)
             self.outcomes.append(
