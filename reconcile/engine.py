@@ -499,9 +499,8 @@ class Pass:
         ids = [i.txn.id for i in items if i.txn is not None]
         if len(ids) < 2:
             return list(items)
-        run_id = self.run.id if self.run else None
         back: list[Item] = [i for i in items if i.txn is None]
-        done: list[tuple[Item, Decision, Transaction, Entry | None]] = []
+        done: list[tuple[Item, Decision, Transaction, Entry]] = []
         tx = conn.begin()
         try:
             now = svc.clock()
@@ -512,56 +511,17 @@ class Pass:
                 if item.txn is None:
                     continue
                 txn = locked.get(item.txn.id)
-                if txn is None or txn.status is not TxnStatus.INFLIGHT:
-                    back.append(item)  # settled or gone meanwhile: the single path sees it
-                    continue
-                entry = to_entry(txn)
-                d = decide(item.payment, entry, svc.policy, now)
-                simple = d.ticket is None and not (
-                    d.resolves and open_by_payment.get(item.payment_id)
-                )
-                commit = 0
-                if d.action is Action.COMMIT:
-                    if d.commit_amount is None:  # no amount named: never read as 0
-                        back.append(item)
-                        continue
-                    commit = d.commit_amount
-                void = 0
-                if d.action is Action.VOID or (d.action is Action.COMMIT and d.void_remainder):
-                    void = txn.remaining - commit
-                if not simple or not (commit or void) or commit > txn.remaining:
+                plain = self._plain_settlement(item, txn, open_by_payment, now)
+                if txn is None or plain is None:
                     back.append(item)
                     continue
+                d, entry, commit, void = plain
                 settlements.append(Settlement(txn, commit, void))
                 done.append((item, d, txn, entry))
-                evidence = {
-                    **self.evidence,
-                    "stripe": tk.payment_state(item.payment),
-                    "ledger": tk.entry_state(entry),
-                    "decision": {"action": d.action.value, "reason": str(d.reason)},
-                }
-                common = {
-                    "run_id": run_id,
-                    "payment_id": item.payment_id,
-                    "reference": txn.reference,
-                    "reason": str(d.reason),
-                    "actor": self.actor,
-                    "now": now,
-                    "currency": txn.currency,
-                    "evidence": evidence,
-                }
-                if commit:
-                    audits.append({**common, "action": "commit", "amount": commit})
-                if void:
-                    action = "void" if d.action is Action.VOID else "void_remainder"
-                    audits.append({**common, "action": action, "amount": void})
+                audits += self._settle_audits(item, d, txn, entry, commit, void, now)
             ledger.settle_locked(settlements)
             record_audits(conn, audits)
-            if svc.customer_updates:
-                for item, d, _, entry in done:
-                    self._tell_customer(
-                        conn, item.payment_id, item.payment, entry, d, None, False, now
-                    )
+            self._tell_settled(conn, done, now)
             tx.commit()
         except Exception as exc:
             # Whatever failed, nothing of the set stands: each entry is tried again on its
@@ -572,19 +532,7 @@ class Pass:
             if isinstance(exc, TransientError):
                 raise
             return list(items)
-        for item, d, txn, _ in done:
-            self._count(d.action.value)
-            svc.hooks.action(d.action.value)
-            self.outcomes.append(
-                PaymentOutcome(
-                    item.payment_id,
-                    d,
-                    reference=txn.reference,
-                    payment=item.payment,
-                    currency=txn.currency,
-                    amount=_moved(d, txn),
-                )
-            )
+        self._settled(done)
         return back
 
     def _apply_bulk(
@@ -610,8 +558,8 @@ class Pass:
         if len(refs) < 2:
             return list(items)
         back: list[Item] = [i for i in items if i.txn is None]
-        planned: list[tuple[Item, Decision, Transaction, int, int]] = []
-        done: list[tuple[Item, Decision, Transaction]] = []
+        planned: list[tuple[Item, Decision, Transaction, Entry, int, int]] = []
+        done: list[tuple[Item, Decision, Transaction, Entry]] = []
         tx = conn.begin()
         try:
             now = svc.clock()
@@ -619,38 +567,34 @@ class Pass:
             for item in items:
                 if item.txn is None:
                     continue
-                plain = self._plain_settlement(
-                    item, locked.get(item.txn.reference), open_by_payment, now
-                )
-                if plain is None:
+                txn = locked.get(item.txn.reference)
+                plain = self._plain_settlement(item, txn, open_by_payment, now)
+                if txn is None or plain is None:
                     back.append(item)
                 else:
-                    planned.append((item, *plain))
-            commits = [(txn.reference, c) for _, _, txn, c, _ in planned if c]
+                    d, entry, commit, void = plain
+                    planned.append((item, d, txn, entry, commit, void))
+            commits = [(txn.reference, c) for _, _, txn, _, c, _ in planned if c]
             committed = {s.reference for s in ledger.commit_many(commits) if s.ok}
             voids = [
                 txn.reference
-                for _, _, txn, c, v in planned
+                for _, _, txn, _, c, v in planned
                 if v and (not c or txn.reference in committed)
             ]
             voided = {s.reference for s in ledger.void_many(voids) if s.ok}
             audits: list[dict[str, Any]] = []
-            for item, d, txn, c, v in planned:
+            for item, d, txn, entry, c, v in planned:
                 c_done = bool(c) and txn.reference in committed
                 v_done = bool(v) and txn.reference in voided
                 audits += self._settle_audits(
-                    item, d, txn, c if c_done else 0, v if v_done else 0, now
+                    item, d, txn, entry, c if c_done else 0, v if v_done else 0, now
                 )
                 if (c and not c_done) or (v and not v_done):
                     back.append(item)
                 else:
-                    done.append((item, d, txn))
+                    done.append((item, d, txn, entry))
             record_audits(conn, audits)
-            if svc.customer_updates:
-                for item, d, txn in done:
-                    self._tell_customer(
-                        conn, item.payment_id, item.payment, to_entry(txn), d, None, False, now
-                    )
+            self._tell_settled(conn, done, now)
             tx.commit()
         except Exception as exc:
             # What Blnk settled stands; the per-payment path reads every entry again and
@@ -670,12 +614,15 @@ class Pass:
         txn: Transaction | None,
         open_by_payment: Mapping[str, set[str]],
         now: datetime,
-    ) -> tuple[Decision, Transaction, int, int] | None:
+    ) -> tuple[Decision, Entry, int, int] | None:
         """(decision, entry, commit, void) when the entry, as locked, is only to be settled:
         no ticket to open or resolve, no record to create, still INFLIGHT; else None."""
         if txn is None or txn.status is not TxnStatus.INFLIGHT:
             return None  # settled or gone meanwhile: the single path sees it
-        d = decide(item.payment, to_entry(txn), self.svc.policy, now)
+        entry = to_entry(txn)
+        if entry is None:
+            return None
+        d = decide(item.payment, entry, self.svc.policy, now)
         if d.ticket is not None or (d.resolves and open_by_payment.get(item.payment_id)):
             return None
         commit = 0
@@ -688,10 +635,17 @@ class Pass:
             void = txn.remaining - commit
         if not (commit or void) or commit > txn.remaining:
             return None
-        return d, txn, commit, void
+        return d, entry, commit, void
 
     def _settle_audits(
-        self, item: Item, d: Decision, txn: Transaction, commit: int, void: int, now: datetime
+        self,
+        item: Item,
+        d: Decision,
+        txn: Transaction,
+        entry: Entry,
+        commit: int,
+        void: int,
+        now: datetime,
     ) -> list[dict[str, Any]]:
         """The audit rows of a settlement: one for the commit, one for the void."""
         common = {
@@ -705,7 +659,7 @@ class Pass:
             "evidence": {
                 **self.evidence,
                 "stripe": tk.payment_state(item.payment),
-                "ledger": tk.entry_state(to_entry(txn)),
+                "ledger": tk.entry_state(entry),
                 "decision": {"action": d.action.value, "reason": str(d.reason)},
             },
         }
@@ -717,8 +671,18 @@ class Pass:
             rows.append({**common, "action": action, "amount": void})
         return rows
 
-    def _settled(self, done: Sequence[tuple[Item, Decision, Transaction]]) -> None:
-        for item, d, txn in done:
+    def _tell_settled(
+        self,
+        conn: Connection,
+        done: Sequence[tuple[Item, Decision, Transaction, Entry]],
+        now: datetime,
+    ) -> None:
+        if self.svc.customer_updates:
+            for item, d, _, entry in done:
+                self._tell_customer(conn, item.payment_id, item.payment, entry, d, None, False, now)
+
+    def _settled(self, done: Sequence[tuple[Item, Decision, Transaction, Entry]]) -> None:
+        for item, d, txn, _ in done:
             self._count(d.action.value)
             self.svc.hooks.action(d.action.value)
             self.outcomes.append(
