@@ -22,6 +22,7 @@ from worker.cli.output import (
     kv,
     money,
     print_json,
+    print_resolution,
     say,
     styled,
     table,
@@ -248,16 +249,7 @@ def _fix(
         stripe_failed(exc, "Stripe could not be read, nothing changed: ")
     except LedgerError as exc:
         fail(str(exc), EXIT_ATTENTION)
-    if as_json:
-        print_json(res.as_dict())
-    elif res.done:
-        say(res.message)
-        if res.customer_message:
-            say("tell the customer: ", res.customer_message)
-    if not res.done:
-        if not as_json:
-            say(styled(res.message, "bold red"), err=True)
-        raise typer.Exit(EXIT_ATTENTION)
+    print_resolution(res, as_json)
 
 
 NoteOpt = Annotated[str, typer.Option(help="Why; stored in the audit row with your name.")]

@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich import box
@@ -22,6 +22,9 @@ from rich.text import Text
 
 from ledger.money import Money
 from worker.printable import printable
+
+if TYPE_CHECKING:
+    from reconcile.usecases.fixes import Resolution
 
 console = Console(markup=False, highlight=False, emoji=False)
 err_console = Console(stderr=True, markup=False, highlight=False, emoji=False)
@@ -193,3 +196,18 @@ def counts_table(title: str, counts: Mapping[str, int]) -> None:
 
 def counts_line(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if v)
+
+
+def print_resolution(res: Resolution, as_json: bool) -> None:
+    """What a person's fix did (and what to tell the customer), or why it was refused: then
+    exit 1, since the discrepancy remains."""
+    if as_json:
+        print_json(res.as_dict())
+    elif res.done:
+        say(res.message)
+        if res.customer_message:
+            say("tell the customer: ", res.customer_message)
+    if not res.done:
+        if not as_json:
+            say(styled(res.message, "bold red"), err=True)
+        raise typer.Exit(EXIT_ATTENTION)

@@ -25,15 +25,13 @@ from worker.cli.jobs_cmds import (
     stripe_failed,
 )
 from worker.cli.output import (
-    EXIT_ATTENTION,
     MAX_ID,
     age,
     fail,
     kv,
     money,
     print_json,
-    say,
-    styled,
+    print_resolution,
     table,
     when,
 )
@@ -224,13 +222,4 @@ def resolve(
         fail(str(exc))
     except StripeGatewayError as exc:
         stripe_failed(exc, "Stripe could not be read, nothing changed: ")
-    if as_json:
-        print_json(res.as_dict())
-    elif res.done:
-        say(res.message)
-        if res.customer_message:
-            say("tell the customer: ", res.customer_message)
-    if not res.done:
-        if not as_json:
-            say(styled(res.message, "bold red"), err=True)
-        raise typer.Exit(EXIT_ATTENTION)
+    print_resolution(res, as_json)
