@@ -1,5 +1,9 @@
 """Many rows in one PostgreSQL statement: the rows travel as one JSON document
-(``json_array_elements``, a row an array) that the server turns back into typed columns.
+(``jsonb_array_elements``, a row an array) that the server turns back into typed columns.
+
+jsonb, not json: the document is parsed once, and each ``->>`` is then a lookup.  On json
+every ``->>`` parsed its row's text again, which made reading 500 audit rows of eleven
+columns 17 ms of server time (EXPLAIN ANALYZE) against under 3 ms as jsonb.
 
 Binding one array per column makes psycopg escape every element in Python, which cost more
 than the SQLAlchemy executemany it replaced; orjson writes the whole batch in C.  Values are
@@ -22,7 +26,7 @@ def recordset(columns: Sequence[tuple[str, str]], param: str = "rows") -> str:
     """The FROM item that reads the rows of ``rows_json`` (given these columns, in this
     order) back as typed columns named ``u.<name>``."""
     cols = ", ".join(f"(e->>{i})::{pgtype} AS {name}" for i, (name, pgtype) in enumerate(columns))
-    return f"(SELECT {cols} FROM json_array_elements(%({param})s::json) AS e) AS u"
+    return f"(SELECT {cols} FROM jsonb_array_elements(%({param})s::jsonb) AS e) AS u"
 
 
 def rows_json(spec: Sequence[tuple[str, str]], columns: Mapping[str, Sequence[Any]]) -> str:

@@ -56,7 +56,8 @@ class Ledger(Protocol):
     def get(self, reference: str, *, lock: bool = False) -> Transaction | None: ...
 
     def find_linked(self, link: str, *, lock: bool = False) -> Transaction | None:
-        """The transaction whose reference is ``link`` or whose metadata LINK_KEY is ``link``."""
+        """The transaction whose reference is ``link``, else one whose metadata LINK_KEY is
+        ``link``: a reference match always wins (references are unique)."""
         ...
 
     def commit(

@@ -725,12 +725,17 @@ class SqlLedger:
         )
         if after is not None:
             pick = pick.where(_after(after))
+        picked: Any = transactions.c.id.in_(pick.scalar_subquery())
         if self._dialect == "postgresql":
             # SKIP LOCKED: a second sweeper takes the next rows instead of waiting on ours.
             pick = pick.with_for_update(skip_locked=True)
+            # ``= ANY(ARRAY(...))``, not ``IN (...)``: for IN the planner hashed the picked
+            # ids and scanned the whole table to join them (19 ms a batch at 10,000 rows,
+            # growing with the table); the array is probed through the primary key.
+            picked = transactions.c.id == func.any(func.array(pick.scalar_subquery()))
         stmt = (
             update(transactions)
-            .where(transactions.c.id.in_(pick.scalar_subquery()))
+            .where(picked)
             .values(claimed_until=now + lease)
             .returning(*transactions.c)
         )

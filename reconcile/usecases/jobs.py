@@ -9,9 +9,13 @@ recorded on the partial run.
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -111,33 +115,19 @@ def run_sweep(
     done = 0
     # Keyset position: (created_at, id) > after.  An empty id takes in the first instant.
     start: tuple[datetime, str] | None = (newer_than, "") if newer_than is not None else None
-    after = start
     ahead = _Ahead(svc, ReadAhead(gw), cutoff, start, limit)
+    claims = _Claims(svc, state, cutoff, start, limit, dry_run)
     indexer = _Later()
     p.index_later = indexer.submit
     try:
-        with ahead.reader, indexer:
-            while limit is None or done < limit:
-                size = svc.sweep_batch if limit is None else min(svc.sweep_batch, limit - done)
+        with _few_collections(), ahead.reader, indexer, claims:
+            while True:
                 try:
                     ahead.feed()
-                    with svc.engine.begin() as conn:
-                        ledger = svc.ledger_for(conn)
-                        if dry_run:
-                            batch = list(ledger.list_inflight(cutoff, size, after))
-                        else:
-                            # Claimed rows are skipped by other sweepers until the lease
-                            # ends, so two workers never take the same entry; a crash lets
-                            # it lapse.
-                            batch = list(
-                                ledger.claim_inflight(
-                                    cutoff, size, svc.claim_lease, svc.clock(), after
-                                )
-                            )
-                            # Named on the run in the same transaction: if this worker dies
-                            # holding them, the run that finds it dead gives them back
-                            # (lifecycle.py).
-                            runs.note_claims(conn, state.id, [t.reference for t in batch])
+                    # Claimed rows are skipped by other sweepers until the lease ends, so two
+                    # workers never take the same entry; a crash lets it lapse.  The next
+                    # batch is claimed while this one is applied (_Claims).
+                    batch = claims.next()
                 except TransientError as exc:
                     # The books could not be read (Blnk down): nothing was decided, the next
                     # sweep finds the same entries.
@@ -145,7 +135,6 @@ def run_sweep(
                     break
                 if not batch:
                     break
-                after = (batch[-1].created_at, batch[-1].id)
                 try:
                     ahead.feed()
                     wanted = [(linked_payment_id(t), t.created_at) for t in batch]
@@ -158,10 +147,8 @@ def run_sweep(
                         [Item(linked_payment_id(t), fetched[linked_payment_id(t)], t) for t in own]
                     )
                 except (StripeUnavailable, GuardTripped, TransientError) as exc:
-                    _release(svc, state, batch, dry_run)
                     cut_short(state, p, "sweep", exc)
                     break
-                _release(svc, state, batch, dry_run)
                 done += len(batch)
                 if progress is not None:
                     progress(done)
@@ -171,19 +158,60 @@ def run_sweep(
     return end(svc, state, gw, p)
 
 
+# Allocations between two young-generation collections while a sweep runs (Python's own
+# default is 700).  A backlog sweep makes tens of thousands of short-lived, acyclic objects
+# per batch (Stripe pages, rows, decisions), freed by reference counting anyway; at the
+# default pace the collector ran about 1,100 times and traversed the old generations about
+# 100 times per 10,000 payments, a quarter of the sweep's CPU (tests/bench/sweep_cpu.py).
+# Cycles are still collected, only in larger steps.
+SWEEP_GC_THRESHOLD = 50_000
+_gc_lock = threading.Lock()
+_gc_users = 0
+_gc_saved: tuple[int, int, int] | None = None
+
+
+@contextmanager
+def _few_collections() -> Iterator[None]:
+    """The collector paced for a sweep while one runs in this process; restored after the
+    last of any overlapping sweeps (tests and the demo run several in one process)."""
+    global _gc_users, _gc_saved
+    with _gc_lock:
+        if _gc_users == 0:
+            _gc_saved = gc.get_threshold()
+            gc.set_threshold(max(_gc_saved[0], SWEEP_GC_THRESHOLD), *_gc_saved[1:])
+        _gc_users += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_users -= 1
+            if _gc_users == 0 and _gc_saved is not None:
+                gc.set_threshold(*_gc_saved)
+                _gc_saved = None
+
+
 def _own_entries(
     svc: Services, batch: Sequence[Transaction]
 ) -> tuple[list[Transaction], list[tuple[Transaction, str]]]:
     """The entries that are their payment's own (what ``find_linked`` answers for it), and
     the others with the reference of the payment's own entry: a second entry linked to a
     PaymentIntent would otherwise be decided as that payment and never settle."""
+    # An entry whose reference is its payment's id is that payment's own without asking:
+    # a reference match wins over any link, and references are unique in every ledger.
+    # Only the others (linked by metadata) are looked up.
+    own: list[Transaction] = []
+    extra: list[tuple[Transaction, str]] = []
+    linked = [t for t in batch if linked_payment_id(t) != t.reference]
+    if not linked:
+        return list(batch), extra
     with svc.engine.connect() as conn:
         ledger = svc.ledger_for(conn)
-        found = ledger.find_linked_many([linked_payment_id(t) for t in batch])
-        own: list[Transaction] = []
-        extra: list[tuple[Transaction, str]] = []
+        found = ledger.find_linked_many([linked_payment_id(t) for t in linked])
         for t in batch:
             pid = linked_payment_id(t)
+            if pid == t.reference:
+                own.append(t)
+                continue
             first = found.get(pid)
             if first is not None and first.reference != t.reference:
                 # find_linked_many may pick another of several links: ask the way a pass does.
@@ -282,14 +310,97 @@ class _Ahead:
             self.reader.submit([(linked_payment_id(t), t.created_at) for t in rows])
 
 
-def _release(svc: Services, state: RunState, batch: Sequence[Transaction], dry_run: bool) -> None:
-    # Give the claims back at once rather than let them lapse: an on-call rerun right after
-    # a sweep must see the entries that are still waiting.
-    if dry_run:
-        return
-    with svc.engine.begin() as conn:
-        svc.ledger_for(conn).release([txn.reference for txn in batch])
-        runs.note_claims(conn, state.id, [])
+class _Claims:
+    """The sweep's batches, each claimed while the one before it is applied.
+
+    Claiming (an UPDATE of a batch of rows and the run's note of them) and giving claims
+    back were a quarter of a backlog sweep's time spent waiting on PostgreSQL between two
+    batches; done one batch ahead, in a thread of its own, they overlap the apply.  One job
+    at a time, in order: give back the batch applied before, claim the next, and write on
+    the run every reference still held (the batch being applied and the one claimed), all in
+    one transaction, so a run that dies always says which entries it held.  Claims are given
+    back at once rather than left to lapse: an on-call rerun right after a sweep must see
+    the entries that are still waiting.  A dry run lists instead and claims nothing.
+    """
+
+    def __init__(
+        self,
+        svc: Services,
+        state: RunState,
+        cutoff: datetime,
+        after: tuple[datetime, str] | None,
+        limit: int | None,
+        dry_run: bool,
+    ) -> None:
+        self.svc = svc
+        self.state = state
+        self.cutoff = cutoff
+        self.after = after
+        self.left = limit
+        self.dry_run = dry_run
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="sweep-claim")
+        self._current: list[str] = []  # references of the batch being applied
+        self._next: Future[list[Transaction]] | None = None
+
+    def next(self) -> list[Transaction]:
+        """The next batch (empty at the end), the one after it already being claimed."""
+        if self._next is None:
+            self._next = self._pool.submit(self._job, [], [])
+        future, self._next = self._next, None
+        batch = future.result()
+        applied, self._current = self._current, [t.reference for t in batch]
+        if batch:
+            self._next = self._pool.submit(self._job, applied, self._current)
+        elif applied:
+            self._pool.submit(self._job, applied, [], claim=False).result()
+        return batch
+
+    def _job(
+        self, give_back: list[str], holding: list[str], *, claim: bool = True
+    ) -> list[Transaction]:
+        svc = self.svc
+        size = svc.sweep_batch if self.left is None else min(svc.sweep_batch, self.left)
+        batch: list[Transaction] = []
+        with svc.engine.begin() as conn:
+            ledger = svc.ledger_for(conn)
+            if self.dry_run:
+                if claim and size > 0:
+                    batch = list(ledger.list_inflight(self.cutoff, size, self.after))
+            else:
+                if give_back:
+                    ledger.release(give_back)
+                if claim and size > 0:
+                    batch = list(
+                        ledger.claim_inflight(
+                            self.cutoff, size, svc.claim_lease, svc.clock(), self.after
+                        )
+                    )
+                runs.note_claims(conn, self.state.id, [*holding, *(t.reference for t in batch)])
+        if batch:
+            self.after = (batch[-1].created_at, batch[-1].id)
+            if self.left is not None:
+                self.left -= len(batch)
+        return batch
+
+    def close(self) -> None:
+        """Wait for the claim under way, then give back all that is held."""
+        try:
+            held = list(self._current)
+            if self._next is not None:
+                # A claim that failed rolled back: it holds nothing.
+                with contextlib.suppress(Exception):
+                    held += [t.reference for t in self._next.result()]
+            self._current, self._next = [], None
+            if held and not self.dry_run:
+                self._pool.submit(self._job, held, [], claim=False).result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> _Claims:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # -- catch-up -------------------------------------------------------------------------------

@@ -122,7 +122,8 @@ def test_a_killed_sweep_is_recorded_partial_its_claims_released_and_the_next_swe
     with run_server(latency_ms=400) as stripe:
         _seed(pg_engine, stripe)
         dead_id, claimed = _kill_a_sweep_holding_claims(pg_engine, pg_schema, stripe)
-        assert len(claimed) == 10
+        # The batch being applied, and the next once it is claimed ahead (jobs._Claims).
+        assert len(claimed) in (10, 20)
         assert _run(pg_engine, dead_id)["status"] == "running"
         held = _entries(pg_engine)
         assert all(held[ref][1] is not None for ref in claimed), "the dead sweep's claims"

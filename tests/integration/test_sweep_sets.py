@@ -19,7 +19,8 @@ from ledger.model import Settlement, TxnStatus
 from ledger.sql import SqlLedger, postings, transactions
 from reconcile import engine as engine_module
 from reconcile.engine import Item, Pass
-from reconcile.tables import audit, tickets
+from reconcile.guard import Guard
+from reconcile.tables import audit, runs, tickets
 from reconcile.usecases import run_sweep, split_sweep
 from tests.stripe_server import run_server
 from tests.support import ago, epoch, make_services, seed_entry
@@ -323,3 +324,91 @@ def test_on_blnk_a_set_goes_in_bulk_calls_and_a_hold_voided_after_the_plan_is_de
         assert sorted(rows) == sorted(
             [(p, "commit") for p in ids if p != ids[2]] + [(ids[2], "ticket_opened")]
         )
+
+
+def _claims(engine: Engine, run_id: int | None = None) -> tuple[set[str], list[str] | None]:
+    """References whose claim is still on, and what the run says it holds."""
+    with engine.connect() as conn:
+        held = set(
+            conn.execute(
+                select(transactions.c.reference).where(transactions.c.claimed_until.is_not(None))
+            ).scalars()
+        )
+        named = None
+        if run_id is not None:
+            named = conn.execute(select(runs.c.claimed).where(runs.c.id == run_id)).scalar()
+    return held, named
+
+
+def test_the_next_batch_is_claimed_while_one_is_applied_and_every_claim_is_given_back(
+    books: Engine, stripe: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = _seed(books, stripe, 30)
+    svc = make_services(books, stripe.url, stripe.api_key, sweep_batch=10)
+    seen: list[tuple[int, int]] = []
+    handle = Pass.handle
+
+    def watching(self: Pass, items: list[Item]) -> None:
+        # While a batch is applied the one after it gets claimed and named on the run.
+        want = 20 if len(seen) < 2 else 10
+        deadline = time.monotonic() + 10
+        while True:
+            held, named = _claims(books, self.run.id if self.run else None)
+            if (len(held), len(named or [])) == (want, want) or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        seen.append((len(held), len(named or [])))
+        handle(self, items)
+
+    monkeypatch.setattr(Pass, "handle", watching)
+    result = run_sweep(svc, trigger="test", actor="test", older_than=timedelta(0))
+    assert result.status == "succeeded"
+    assert seen == [(20, 20), (20, 20), (10, 10)]
+    assert _claims(books, result.run_id) == (set(), None)
+    assert _postings(books, "commit") == dict.fromkeys(ids, 1)
+    _invariants_hold(books)
+
+
+def test_a_sweep_the_guard_stops_gives_back_the_batch_it_held_and_the_one_claimed_ahead(
+    books: Engine, stripe: Any
+) -> None:
+    ok = _seed(books, stripe, 10)
+    start = ago(hours=1) + timedelta(seconds=10)
+    canceled = [f"pi_cx_{i:03}" for i in range(20)]
+    stripe.state.seed_payment_intents(
+        [
+            {
+                "id": pid,
+                "amount": 700,
+                "currency": "usd",
+                "status": "canceled",
+                "created": epoch(start + timedelta(seconds=i)),
+            }
+            for i, pid in enumerate(canceled)
+        ]
+    )
+    for i, pid in enumerate(canceled):
+        seed_entry(books, pid, 700, created=start + timedelta(seconds=i))
+    # The second batch would void 10 of 20 examined: over a cap of 5 and of 10%.
+    svc = make_services(
+        books,
+        stripe.url,
+        stripe.api_key,
+        sweep_batch=10,
+        guard=Guard(max_voids=5, max_void_share=0.1),
+    )
+    result = run_sweep(svc, trigger="test", actor="test", older_than=timedelta(0))
+    assert result.status == "partial"
+    status = _status(books)
+    assert all(status[pid] == "APPLIED" for pid in ok)
+    assert all(status[pid] == "INFLIGHT" for pid in canceled)
+    assert _claims(books, result.run_id) == (set(), None)
+    # Nothing held back: the next sweep (with room under the cap) takes them all at once.
+    again = run_sweep(
+        make_services(books, stripe.url, stripe.api_key, sweep_batch=10),
+        trigger="test",
+        actor="test",
+        older_than=timedelta(0),
+    )
+    assert again.counts["void"] == 20
+    _invariants_hold(books)

@@ -35,7 +35,7 @@ def test_columns_of_different_lengths_are_refused() -> None:
 def test_the_recordset_names_each_column_with_its_type() -> None:
     assert recordset([("id", "int"), ("at", "timestamptz")]) == (
         "(SELECT (e->>0)::int AS id, (e->>1)::timestamptz AS at"
-        " FROM json_array_elements(%(rows)s::json) AS e) AS u"
+        " FROM jsonb_array_elements(%(rows)s::jsonb) AS e) AS u"
     )
 
 
