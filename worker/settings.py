@@ -136,7 +136,7 @@ class Settings(BaseSettings):
     intake_batch: int = Field(100, validation_alias=_env("RECON_INTAKE_BATCH"), ge=0, le=1000)
     # Writer threads (each with its own connection) committing those groups concurrently.
     intake_writers: int = Field(2, validation_alias=_env("RECON_INTAKE_WRITERS"), ge=1, le=32)
-    sweep_batch: int = Field(100, validation_alias=_env("RECON_SWEEP_BATCH"), gt=0, le=1000)
+    sweep_batch: int = Field(500, validation_alias=_env("RECON_SWEEP_BATCH"), gt=0, le=1000)
     # The intake against slow and greedy clients (worker/intake/serve.py).  A request's
     # headers must arrive within RECON_INTAKE_HEADER_TIMEOUT of its first byte (or of the
     # connection, for one that sends nothing) and be at most RECON_INTAKE_MAX_HEADER_BYTES

@@ -37,6 +37,7 @@ from sqlalchemy import Engine, func, select, text
 
 from ledger.sql import SqlLedger, transactions
 from reconcile.engine import Pass, linked_payment_id
+from reconcile.ports import Services
 from reconcile.ratelimit import LocalRateLimiter
 from reconcile.stripe_gateway import StripeGateway
 from reconcile.usecases import run_sweep
@@ -50,9 +51,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 STRIPE_RPS = 25  # test mode, global and per endpoint [L1][L2]
 LATENCY_MS = 30.0
 SPAN = 12 * 3600
-# Entries claimed and applied together: a backlog is drained in sets of this many
-# (RECON_SWEEP_BATCH; the service's default of 100 suits the few entries of a normal sweep).
-SWEEP_BATCH = 500
+# Entries claimed and applied together (RECON_SWEEP_BATCH): the service's default.
+SWEEP_BATCH = Services.sweep_batch
 
 
 # -- the Stripe server, in a process of its own -----------------------------------------------

@@ -33,6 +33,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 
 from ledger.sql import SqlLedger, transactions
+from reconcile.ports import Services
 from reconcile.usecases import run_sweep
 from tests.bench.backlog import stripe_process
 from tests.bench.ledger import bulk_seed_inflight
@@ -157,7 +158,7 @@ def run(
     dense: int = 10_000,
     sparse: int = 200,
     stripe_total: int = 10_000,
-    sweep_batch: int = 100,
+    sweep_batch: int = Services.sweep_batch,
     seed: int = 7,
 ) -> dict[str, Any]:
     rng = random.Random(seed)
@@ -198,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--dense", type=int, default=10_000)
     ap.add_argument("--sparse", type=int, default=200)
     ap.add_argument("--stripe-total", type=int, default=10_000)
-    ap.add_argument("--sweep-batch", type=int, default=100)
+    ap.add_argument("--sweep-batch", type=int, default=Services.sweep_batch)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     res = run(a.dense, a.sparse, a.stripe_total, a.sweep_batch)
