@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
@@ -134,8 +134,13 @@ class SettlesInSets(Protocol):
     shows, settles, writes its own records, and commits all of it or none.
     """
 
-    def lock_many(self, ids: Sequence[str]) -> dict[str, Transaction]:
-        """Lock these transactions (by id, in id order) and return them: id -> state."""
+    def lock_many(
+        self, ids: Sequence[str], known: Mapping[str, Transaction] | None = None
+    ) -> dict[str, Transaction]:
+        """Lock these transactions (by id, in id order) and return them: id -> state.
+
+        ``known``: the caller's earlier reads, by id.  A ledger may then read only what can
+        have changed since, and answer the earlier read where nothing has."""
         ...
 
     def settle_locked(self, settlements: Sequence[Settlement]) -> list[Transaction]:

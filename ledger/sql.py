@@ -268,7 +268,14 @@ def _utcnow() -> datetime:
 
 def _after(key: tuple[datetime, str]) -> Any:
     t = transactions
-    return or_(t.c.created_at > key[0], and_(t.c.created_at == key[0], t.c.id > key[1]))
+    # ``created_at >= ...`` repeats what the OR implies so that the planner starts the index
+    # scan at the key: with the OR alone it was a filter, and each batch of a sweep walked
+    # again over the index entries of every entry settled before it (a backlog's claims grew
+    # quadratic: 10,000 entries at 3.3 s of CPU, 30,000 at 3.95 s per 10,000).
+    return and_(
+        t.c.created_at >= key[0],
+        or_(t.c.created_at > key[0], and_(t.c.created_at == key[0], t.c.id > key[1])),
+    )
 
 
 def _row_to_txn(row: RowMapping) -> Transaction:
@@ -575,21 +582,49 @@ class SqlLedger:
 
     # -- set-based (SettlesInSets) --------------------------------------------------------
 
-    def lock_many(self, ids: Sequence[str]) -> dict[str, Transaction]:
+    def lock_many(
+        self, ids: Sequence[str], known: Mapping[str, Transaction] | None = None
+    ) -> dict[str, Transaction]:
         wanted = sorted(set(ids))
         if not wanted:
             return {}
+        # Only the state columns change after a transaction is created (_STORE, _SETTLE_SET):
+        # with every row known, those are all that is read again, and a row whose state is
+        # as known answers the known read (its meta is not parsed and converted once more).
+        slim = known is not None and all(i in known for i in wanted)
+        t = transactions
+        cols = (
+            [t.c.id, t.c.status, t.c.committed_amount, t.c.voided_amount, t.c.updated_at]
+            if slim
+            else [t]
+        )
         out: dict[str, Transaction] = {}
         for start in range(0, len(wanted), 1000):
-            stmt = (
-                select(transactions)
-                .where(transactions.c.id.in_(wanted[start : start + 1000]))
-                .order_by(transactions.c.id)
-            )
+            stmt = select(*cols).where(t.c.id.in_(wanted[start : start + 1000])).order_by(t.c.id)
             if self._dialect == "postgresql":
                 stmt = stmt.with_for_update()  # rows are locked in id order (LockRows on Sort)
             for row in self.conn.execute(stmt).mappings():
-                out[row["id"]] = _row_to_txn(row)
+                if not slim:
+                    out[row["id"]] = _row_to_txn(row)
+                    continue
+                assert known is not None
+                was = known[row["id"]]
+                state = (
+                    TxnStatus(row["status"]),
+                    int(row["committed_amount"]),
+                    int(row["voided_amount"]),
+                    row["updated_at"],
+                )
+                if state == (was.status, was.committed_amount, was.voided_amount, was.updated_at):
+                    out[row["id"]] = was
+                else:
+                    out[row["id"]] = dataclasses.replace(
+                        was,
+                        status=state[0],
+                        committed_amount=state[1],
+                        voided_amount=state[2],
+                        updated_at=state[3],
+                    )
         return out
 
     def settle_locked(self, settlements: Sequence[Settlement]) -> list[Transaction]:

@@ -504,7 +504,7 @@ class Pass:
         tx = conn.begin()
         try:
             now = svc.clock()
-            locked = ledger.lock_many(ids)
+            locked = ledger.lock_many(ids, {i.txn.id: i.txn for i in items if i.txn is not None})
             settlements: list[Settlement] = []
             audits: list[dict[str, Any]] = []
             for item in items:

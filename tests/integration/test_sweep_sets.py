@@ -186,6 +186,27 @@ def test_a_failure_inside_the_set_leaves_no_payment_half_applied_and_each_is_ret
     _invariants_hold(books)
 
 
+def test_locking_with_earlier_reads_answers_them_where_unchanged_and_the_new_state_where_not(
+    books: Engine, stripe: Any
+) -> None:
+    ids = _seed(books, stripe, 3)
+    with books.connect() as conn:
+        stale = SqlLedger(conn).find_linked_many(ids)
+    with books.begin() as conn:
+        SqlLedger(conn).commit(ids[1], 400)
+    known = {t.id: t for t in stale.values()}
+    with books.connect() as conn, conn.begin():
+        locked = SqlLedger(conn).lock_many(list(known), known)
+        with books.connect() as other:
+            fresh = {t.id: t for t in SqlLedger(other).find_linked_many(ids).values()}
+        conn.rollback()
+    assert locked == fresh
+    assert locked[stale[ids[0]].id] is stale[ids[0]]
+    moved = locked[stale[ids[1]].id]
+    assert (moved.status, moved.committed_amount) == (TxnStatus.INFLIGHT, 400)
+    assert moved.updated_at != stale[ids[1]].updated_at
+
+
 def test_settling_an_entry_whose_state_moved_on_refuses_and_writes_nothing(
     books: Engine, stripe: Any
 ) -> None:
