@@ -13,9 +13,8 @@ import contextlib
 import gc
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -120,7 +119,7 @@ def run_sweep(
     indexer = _Later()
     p.index_later = indexer.submit
     try:
-        with _few_collections(), ahead.reader, indexer, claims:
+        with _Collections() as collections, ahead.reader, indexer, claims:
             while True:
                 try:
                     ahead.feed()
@@ -150,6 +149,7 @@ def run_sweep(
                     cut_short(state, p, "sweep", exc)
                     break
                 done += len(batch)
+                collections.tick()
                 if progress is not None:
                     progress(done)
     except BaseException as exc:
@@ -158,36 +158,45 @@ def run_sweep(
     return end(svc, state, gw, p)
 
 
-# Allocations between two young-generation collections while a sweep runs (Python's own
-# default is 700).  A backlog sweep makes tens of thousands of short-lived, acyclic objects
-# per batch (Stripe pages, rows, decisions), freed by reference counting anyway; at the
-# default pace the collector ran about 1,100 times and traversed the old generations about
-# 100 times per 10,000 payments, a quarter of the sweep's CPU (tests/bench/sweep_cpu.py).
-# Cycles are still collected, only in larger steps.
-SWEEP_GC_THRESHOLD = 50_000
+# While a sweep runs, the cyclic collector runs between batches, not on allocation counts.
+# A backlog sweep allocates millions of containers, and many live a while (listed Stripe
+# pages kept for the entries after them, states read ahead): collected on allocation
+# counts (even at 50,000 a young collection) they were traversed again and again, 3.7 s of
+# CPU per 100,000 payments (tests/bench/backlog.py); at Python's default of 700, a quarter
+# of the sweep's CPU.  Cycles are still collected, every SWEEP_GC_EVERY batches, and once
+# the last sweep of the process ends the collector is back as it was.
+SWEEP_GC_EVERY = 10
 _gc_lock = threading.Lock()
 _gc_users = 0
-_gc_saved: tuple[int, int, int] | None = None
+_gc_was_enabled = False
 
 
-@contextmanager
-def _few_collections() -> Iterator[None]:
-    """The collector paced for a sweep while one runs in this process; restored after the
-    last of any overlapping sweeps (tests and the demo run several in one process)."""
-    global _gc_users, _gc_saved
-    with _gc_lock:
-        if _gc_users == 0:
-            _gc_saved = gc.get_threshold()
-            gc.set_threshold(max(_gc_saved[0], SWEEP_GC_THRESHOLD), *_gc_saved[1:])
-        _gc_users += 1
-    try:
-        yield
-    finally:
+class _Collections:
+    """The collector paced by the sweep's batches (see SWEEP_GC_EVERY)."""
+
+    def __init__(self) -> None:
+        self._batches = 0
+
+    def tick(self) -> None:
+        self._batches += 1
+        if self._batches % SWEEP_GC_EVERY == 0:
+            gc.collect(1)
+
+    def __enter__(self) -> _Collections:
+        global _gc_users, _gc_was_enabled
+        with _gc_lock:
+            if _gc_users == 0:
+                _gc_was_enabled = gc.isenabled()
+                gc.disable()
+            _gc_users += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _gc_users
         with _gc_lock:
             _gc_users -= 1
-            if _gc_users == 0 and _gc_saved is not None:
-                gc.set_threshold(*_gc_saved)
-                _gc_saved = None
+            if _gc_users == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def _own_entries(

@@ -183,7 +183,7 @@ def end(svc: Services, state: RunState, gateway: StripeGateway | None, p: Pass |
         status=status,
         counts=dict(state.counts),
         errors=list(state.errors),
-        plan=p.plan() if p else [],
+        planned=p.plan if p else [],
         dry_run=state.dry_run,
         cut_short=state.cut_short,
         guard=state.guard,
