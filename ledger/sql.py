@@ -232,18 +232,17 @@ _SETTLE_SET = f"""
     RETURNING t.id
     """
 # Balances are locked in key order before they are moved, as the single-entry path does
-# (its IN list walks the primary key), so a batch and a single commit cannot deadlock.
-_LOCK_BALANCES = text(
-    """
-    SELECT 1 FROM ledger_balances
-     WHERE (name, currency) IN (SELECT * FROM unnest(CAST(:names AS text[]),
-                                                     CAST(:currencies AS text[])))
-     ORDER BY name, currency
-       FOR UPDATE
-    """
-)
+# (its IN list walks the primary key), so a batch and a single commit cannot deadlock: the
+# MATERIALIZED CTE locks them all (LockRows on Sort) before the UPDATE joins a row to them.
 _MOVE_SET = text(
     """
+    WITH locked AS MATERIALIZED (
+        SELECT name, currency FROM ledger_balances
+         WHERE (name, currency) IN (SELECT * FROM unnest(CAST(:names AS text[]),
+                                                         CAST(:currencies AS text[])))
+         ORDER BY name, currency
+           FOR UPDATE
+    )
     UPDATE ledger_balances AS b
        SET balance = b.balance + v.applied,
            inflight_credit = b.inflight_credit + v.credit,
@@ -253,12 +252,20 @@ _MOVE_SET = text(
                   CAST(:debit AS bigint[]))
            AS v(name, currency, applied, credit, debit)
      WHERE b.name = v.name AND b.currency = v.currency
+       AND (SELECT count(*) FROM locked) >= 0
     """
 )
 _POSTED_COLS = (("tid", "text"), ("kind", "text"), ("amount", "bigint"))
-_POST_SET = f"""
-    INSERT INTO ledger_postings (transaction_id, kind, amount, idempotency_key, created_at)
-    SELECT u.tid, u.kind, u.amount, NULL, %(now)s FROM {recordset(_POSTED_COLS)}
+# The state change and its postings in one round trip: the rows are locked already, and a
+# set whose state changed (fewer ids returned than asked) is rolled back whole by the caller,
+# postings included.
+_SETTLE_AND_POST_SET = f"""
+    WITH settled AS ({_SETTLE_SET}),
+    posted AS (
+        INSERT INTO ledger_postings (transaction_id, kind, amount, idempotency_key, created_at)
+        SELECT u.tid, u.kind, u.amount, NULL, %(now)s FROM {recordset(_POSTED_COLS, "posted")}
+    )
+    SELECT id FROM settled
     """
 
 
@@ -671,12 +678,6 @@ class SqlLedger:
                 "status": [st.value for *_, st in planned],
             },
         )
-        changed = self.conn.exec_driver_sql(_SETTLE_SET, {"now": now, "rows": rows}).all()
-        if len(changed) != len(planned):
-            raise StateError(
-                f"{len(planned) - len(changed)} of {len(planned)} entries changed after they "
-                "were locked and read"
-            )
         deltas: dict[tuple[str, str], list[int]] = {}
         tids: list[str] = []
         kinds: list[str] = []
@@ -697,22 +698,27 @@ class SqlLedger:
                     tids.append(t.id)
                     kinds.append(kind)
                     amounts.append(amount)
+        posted = rows_json(_POSTED_COLS, {"tid": tids, "kind": kinds, "amount": amounts})
+        changed = self.conn.exec_driver_sql(
+            _SETTLE_AND_POST_SET, {"now": now, "rows": rows, "posted": posted}
+        ).all()
+        if len(changed) != len(planned):
+            # The postings went in with the statement: the caller's rollback takes them.
+            raise StateError(
+                f"{len(planned) - len(changed)} of {len(planned)} entries changed after they "
+                "were locked and read"
+            )
         keys = sorted(deltas)
-        names = [k[0] for k in keys]
-        currencies = [k[1] for k in keys]
-        self.conn.execute(_LOCK_BALANCES, {"names": names, "currencies": currencies})
         self.conn.execute(
             _MOVE_SET,
             {
-                "names": names,
-                "currencies": currencies,
+                "names": [k[0] for k in keys],
+                "currencies": [k[1] for k in keys],
                 "applied": [deltas[k][0] for k in keys],
                 "credit": [deltas[k][1] for k in keys],
                 "debit": [deltas[k][2] for k in keys],
             },
         )
-        posted = rows_json(_POSTED_COLS, {"tid": tids, "kind": kinds, "amount": amounts})
-        self.conn.exec_driver_sql(_POST_SET, {"now": now, "rows": posted})
         # The rows now hold exactly what was written (they were locked and matched the state
         # they were read in), so the new states need no second read.
         return [

@@ -385,8 +385,13 @@ class Pass:
 
     # -- planning --------------------------------------------------------------------------
 
-    def handle(self, items: Sequence[Item]) -> None:
+    def handle(
+        self, items: Sequence[Item], open_by_payment: Mapping[str, set[str]] | None = None
+    ) -> None:
         """Plan a batch, check the guard, then act on what needs acting on.
+
+        ``open_by_payment``: the kinds of ticket open for these payments, when the caller
+        read them already (the sweep, with its claim); else they are read here.
 
         Raises GuardTripped (having acted on nothing in this batch) when the plan is over
         the caps.
@@ -395,8 +400,9 @@ class Pass:
             return
         now = self.svc.clock()
         with self.svc.engine.connect() as conn:
-            open_by_payment = tk.open_kinds(conn, [i.payment_id for i in items])
-            conn.rollback()
+            if open_by_payment is None:
+                open_by_payment = tk.open_kinds(conn, [i.payment_id for i in items])
+                conn.rollback()
             self._plan_and_act(conn, items, open_by_payment, now)
             if not self.dry_run and self.index_later is None:
                 self._index(conn, items)

@@ -30,6 +30,7 @@ from reconcile.redact import describe
 from reconcile.runs import RunResult, RunState
 from reconcile.stripe_batch import ReadAhead
 from reconcile.stripe_gateway import EVENTS_RETENTION, StripeGateway, StripeUnavailable
+from reconcile.tickets import open_kinds
 from reconcile.usecases.errors import BadRequest, NotFound
 from reconcile.usecases.events import payment_for_event, replay_event
 from reconcile.usecases.lifecycle import begin, cut_short, end, fail
@@ -143,7 +144,8 @@ def run_sweep(
                         pid = linked_payment_id(t)
                         p.duplicate(pid, fetched[pid], t, own_ref)
                     p.handle(
-                        [Item(linked_payment_id(t), fetched[linked_payment_id(t)], t) for t in own]
+                        [Item(linked_payment_id(t), fetched[linked_payment_id(t)], t) for t in own],
+                        claims.open_kinds,
                     )
                 except (StripeUnavailable, GuardTripped, TransientError) as exc:
                     cut_short(state, p, "sweep", exc)
@@ -327,7 +329,10 @@ class _Claims:
     batches; done one batch ahead, in a thread of its own, they overlap the apply.  One job
     at a time, in order: give back the batch applied before, claim the next, and write on
     the run every reference still held (the batch being applied and the one claimed), all in
-    one transaction, so a run that dies always says which entries it held.  Claims are given
+    one transaction, so a run that dies always says which entries it held; the kinds of
+    ticket open for the claimed payments are read in it too (Pass.handle would read them
+    on the sweep's own thread; a ticket opened in between is resolved by the next pass, as
+    with any read before the lock).  Claims are given
     back at once rather than left to lapse: an on-call rerun right after a sweep must see
     the entries that are still waiting.  A dry run lists instead and claims nothing.
     """
@@ -349,14 +354,15 @@ class _Claims:
         self.dry_run = dry_run
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="sweep-claim")
         self._current: list[str] = []  # references of the batch being applied
-        self._next: Future[list[Transaction]] | None = None
+        self._next: Future[tuple[list[Transaction], dict[str, set[str]]]] | None = None
+        self.open_kinds: dict[str, set[str]] = {}  # of the batch being applied
 
     def next(self) -> list[Transaction]:
         """The next batch (empty at the end), the one after it already being claimed."""
         if self._next is None:
             self._next = self._pool.submit(self._job, [], [])
         future, self._next = self._next, None
-        batch = future.result()
+        batch, self.open_kinds = future.result()
         applied, self._current = self._current, [t.reference for t in batch]
         if batch:
             self._next = self._pool.submit(self._job, applied, self._current)
@@ -366,7 +372,7 @@ class _Claims:
 
     def _job(
         self, give_back: list[str], holding: list[str], *, claim: bool = True
-    ) -> list[Transaction]:
+    ) -> tuple[list[Transaction], dict[str, set[str]]]:
         svc = self.svc
         size = svc.sweep_batch if self.left is None else min(svc.sweep_batch, self.left)
         batch: list[Transaction] = []
@@ -385,11 +391,12 @@ class _Claims:
                         )
                     )
                 runs.note_claims(conn, self.state.id, [*holding, *(t.reference for t in batch)])
+            kinds = open_kinds(conn, [linked_payment_id(t) for t in batch]) if batch else {}
         if batch:
             self.after = (batch[-1].created_at, batch[-1].id)
             if self.left is not None:
                 self.left -= len(batch)
-        return batch
+        return batch, kinds
 
     def close(self) -> None:
         """Wait for the claim under way, then give back all that is held."""
@@ -398,7 +405,7 @@ class _Claims:
             if self._next is not None:
                 # A claim that failed rolled back: it holds nothing.
                 with contextlib.suppress(Exception):
-                    held += [t.reference for t in self._next.result()]
+                    held += [t.reference for t in self._next.result()[0]]
             self._current, self._next = [], None
             if held and not self.dry_run:
                 self._pool.submit(self._job, held, [], claim=False).result()

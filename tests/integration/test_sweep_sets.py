@@ -369,7 +369,7 @@ def test_the_next_batch_is_claimed_while_one_is_applied_and_every_claim_is_given
     seen: list[tuple[int, int]] = []
     handle = Pass.handle
 
-    def watching(self: Pass, items: list[Item]) -> None:
+    def watching(self: Pass, items: list[Item], *rest: Any) -> None:
         # While a batch is applied the one after it gets claimed and named on the run.
         want = 20 if len(seen) < 2 else 10
         deadline = time.monotonic() + 10
@@ -379,7 +379,7 @@ def test_the_next_batch_is_claimed_while_one_is_applied_and_every_claim_is_given
                 break
             time.sleep(0.02)
         seen.append((len(held), len(named or [])))
-        handle(self, items)
+        handle(self, items, *rest)
 
     monkeypatch.setattr(Pass, "handle", watching)
     result = run_sweep(svc, trigger="test", actor="test", older_than=timedelta(0))
