@@ -115,7 +115,7 @@ def run_sweep(
     done = 0
     # Keyset position: (created_at, id) > after.  An empty id takes in the first instant.
     start: tuple[datetime, str] | None = (newer_than, "") if newer_than is not None else None
-    ahead = _Ahead(svc, ReadAhead(gw), cutoff, start, limit)
+    ahead = _Ahead(svc, ReadAhead(gw, threads=_Ahead.DEPTH), cutoff, start, limit)
     claims = _Claims(svc, state, cutoff, start, limit, dry_run)
     indexer = _Later()
     p.index_later = indexer.submit
@@ -281,7 +281,12 @@ class _Later:
 class _Ahead:
     """Hands the sweep's coming entries to its ReadAhead, a chunk or two ahead."""
 
-    DEPTH = 2  # chunks read ahead of the one being applied
+    # Chunks read ahead of the one being applied, each on a thread of its own.  A chunk's
+    # stretch is listed page after page (each page names the next), so one stream of pages
+    # goes no faster than a call's latency and our share of the interpreter lock allow:
+    # about 20 calls/s here, against Stripe's 25.  With 2 streams a 50,000 backlog took
+    # 1.27-1.31x its floor; with 3, 1.10-1.12x (tests/bench/backlog.py, side by side).
+    DEPTH = 3
     FIRST = 300  # the first chunk, small: it teaches the density the others are planned with
 
     def __init__(
