@@ -7,6 +7,7 @@ or the blast-radius guard, or with errors, it is ``partial``, never ``succeeded`
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +49,25 @@ class RunState:
         return PARTIAL if (self.cut_short or self.errors) else SUCCEEDED
 
 
+class Deferred:
+    """A list written out the first time it is used; copied and pickled as that list."""
+
+    def __init__(self, make: Callable[[], list[dict[str, Any]]]) -> None:
+        self._make: Callable[[], list[dict[str, Any]]] | None = make
+        self._value: list[dict[str, Any]] = []
+
+    def get(self) -> list[dict[str, Any]]:
+        if self._make is not None:
+            self._value, self._make = self._make(), None
+        return self._value
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.get(), memo)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (list, (self.get(),))
+
+
 @dataclass(frozen=True)
 class RunResult:
     run_id: int
@@ -57,7 +77,7 @@ class RunResult:
     # What each payment got (or would get): a list, or what writes it out once asked for.
     # A backlog sweep's 100,000 outcomes took 2 s to write out, and a scheduled run's
     # result is never asked for them (a Celery task keeps only the summary).
-    planned: list[dict[str, Any]] | Callable[[], list[dict[str, Any]]] = field(
+    planned: list[dict[str, Any]] | Deferred = field(
         default_factory=list, repr=False, compare=False
     )
     dry_run: bool = False
@@ -67,10 +87,7 @@ class RunResult:
 
     @property
     def plan(self) -> list[dict[str, Any]]:
-        if callable(self.planned):
-            object.__setattr__(self, "planned", self.planned())
-        assert not callable(self.planned)
-        return self.planned
+        return self.planned.get() if isinstance(self.planned, Deferred) else self.planned
 
     @property
     def attention(self) -> bool:

@@ -24,7 +24,7 @@ from reconcile.engine import Pass
 from reconcile.guard import GuardTripped
 from reconcile.ports import Services
 from reconcile.redact import describe
-from reconcile.runs import FAILED, RunResult, RunState, finish_run, start_run
+from reconcile.runs import FAILED, Deferred, RunResult, RunState, finish_run, start_run
 from reconcile.stripe_gateway import StripeGateway
 
 
@@ -183,7 +183,7 @@ def end(svc: Services, state: RunState, gateway: StripeGateway | None, p: Pass |
         status=status,
         counts=dict(state.counts),
         errors=list(state.errors),
-        planned=p.plan if p else [],
+        planned=Deferred(p.plan) if p else [],
         dry_run=state.dry_run,
         cut_short=state.cut_short,
         guard=state.guard,
