@@ -40,10 +40,19 @@ def stripe() -> Iterator[Any]:
         yield srv
 
 
-def _seed(engine: Engine, srv: Any, n: int, *, amount: int = 1500) -> list[str]:
-    """n succeeded payments, one second apart an hour ago, and their INFLIGHT entries."""
+def _seed(
+    engine: Engine,
+    srv: Any,
+    n: int,
+    *,
+    amount: int = 1500,
+    status: str = "succeeded",
+    offset: int = 0,
+) -> list[str]:
+    """n payments, one second apart from an hour ago (plus ``offset`` seconds), and their
+    INFLIGHT entries."""
     tag = uuid.uuid4().hex[:6]
-    start = ago(hours=1)
+    start = ago(hours=1) + timedelta(seconds=offset)
     ids = [f"pi_{tag}_{i:03}" for i in range(n)]
     srv.state.seed_payment_intents(
         [
@@ -51,7 +60,7 @@ def _seed(engine: Engine, srv: Any, n: int, *, amount: int = 1500) -> list[str]:
                 "id": pid,
                 "amount": amount,
                 "currency": "usd",
-                "status": "succeeded",
+                "status": status,
                 "created": epoch(start + timedelta(seconds=i)),
                 "customer": f"cus_{i}",
             }
@@ -394,22 +403,7 @@ def test_a_sweep_the_guard_stops_gives_back_the_batch_it_held_and_the_one_claime
     books: Engine, stripe: Any
 ) -> None:
     ok = _seed(books, stripe, 10)
-    start = ago(hours=1) + timedelta(seconds=10)
-    canceled = [f"pi_cx_{i:03}" for i in range(20)]
-    stripe.state.seed_payment_intents(
-        [
-            {
-                "id": pid,
-                "amount": 700,
-                "currency": "usd",
-                "status": "canceled",
-                "created": epoch(start + timedelta(seconds=i)),
-            }
-            for i, pid in enumerate(canceled)
-        ]
-    )
-    for i, pid in enumerate(canceled):
-        seed_entry(books, pid, 700, created=start + timedelta(seconds=i))
+    canceled = _seed(books, stripe, 20, amount=700, status="canceled", offset=10)
     # The second batch would void 10 of 20 examined: over a cap of 5 and of 10%.
     svc = make_services(
         books,
